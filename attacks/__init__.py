@@ -1,0 +1,1 @@
+"""Built-in attacks: one module per attack family, each registered through an `untunable` entry point."""

@@ -1,0 +1,1 @@
+"""Built-in defenses: one module per defense family, each registered through an `untunable` entry point."""

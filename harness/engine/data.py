@@ -1,0 +1,170 @@
+"""Datasets materialised once as tensors, with a content fingerprint; batches are index gathers.
+
+Preprocessing (resize, channel count, normalisation) is a scenario setting applied here, once, and is
+part of the fingerprint. The materialised tensors are cached as safetensors so a second run (or another
+worker process) reads them back in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+NORMALISATIONS = ("per_domain", "imagenet", "none")
+
+
+@dataclass
+class Split:
+    """Images (N, C, H, W) float and labels (N,) long, on one device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, index) -> "Split":
+        index = torch.as_tensor(index, dtype=torch.long, device=self.y.device)
+        return Split(self.x[index], self.y[index])
+
+    def to(self, device) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class Domain:
+    """One preprocessed dataset: train and test splits, class count and content fingerprint."""
+
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    fingerprint: str
+
+    def to(self, device) -> "Domain":
+        return Domain(self.name, self.train.to(device), self.test.to(device), self.num_classes, self.fingerprint)
+
+
+def _to_float_nchw(images: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return x.float().div_(255.0)
+
+
+def _convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    if x.shape[1] == channels:
+        return x
+    if x.shape[1] == 1:
+        return x.repeat(1, channels, 1, 1)
+    if channels == 1:
+        return x.mean(dim=1, keepdim=True)
+    raise ValueError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
+
+
+def _resize(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return torch.cat([F.interpolate(x[i:i + chunk], size=(size, size), mode="bilinear", antialias=True,
+                                    align_corners=False) for i in range(0, len(x), chunk)])
+
+
+def _stats(raw, train: torch.Tensor, normalisation: str, channels: int):
+    if normalisation == "none":
+        return (0.0,) * channels, (1.0,) * channels
+    if normalisation == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif raw.mean is not None:
+        mean, std = tuple(raw.mean), tuple(raw.std)
+    else:
+        return tuple(train.mean(dim=(0, 2, 3)).tolist()), tuple(train.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist())
+    if len(mean) != channels:  # grey statistics for colour inputs and vice versa
+        mean, std = (float(np.mean(mean)),) * channels, (float(np.mean(std)),) * channels
+    return mean, std
+
+
+def fingerprint(*tensors: torch.Tensor, settings: dict) -> str:
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for tensor in tensors:
+        digest.update(tensor.contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def materialise(spec, params: dict, *, image_size: int, channels: int, normalisation: str,
+                data_root: Path | None, cache_dir: Path | None) -> Domain:
+    """Read a dataset plugin's raw arrays, preprocess them once, and cache the tensors."""
+    from safetensors.torch import load_file, save_file
+
+    settings = {"dataset": spec.name, "version": spec.cache_version, "params": params, "image_size": image_size,
+                "channels": channels, "normalisation": normalisation}
+    cache_key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    cache_file = Path(cache_dir) / "data" / f"{spec.name}-{cache_key[:16]}.safetensors" if cache_dir else None
+    if cache_file is not None and cache_file.exists():
+        tensors = load_file(cache_file)
+        meta = json.loads(tensors.pop("__meta__").numpy().tobytes().decode())
+        return Domain(spec.name, Split(tensors["train_x"], tensors["train_y"]),
+                      Split(tensors["test_x"], tensors["test_y"]), meta["num_classes"], meta["fingerprint"])
+
+    raw = spec.load()(params, data_root=data_root, image_size=image_size)
+    train = _resize(_convert_channels(_to_float_nchw(raw.train_x), channels), image_size)
+    test = _resize(_convert_channels(_to_float_nchw(raw.test_x), channels), image_size)
+    mean, std = _stats(raw, train, normalisation, channels)
+    mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    train, test = (train - mean_t) / std_t, (test - mean_t) / std_t
+    train_y, test_y = torch.from_numpy(raw.train_y), torch.from_numpy(raw.test_y)
+    settings["mean"], settings["std"] = list(mean), list(std)
+    domain = Domain(spec.name, Split(train, train_y), Split(test, test_y), raw.num_classes,
+                    fingerprint(train, train_y, test, test_y, settings={k: settings[k] for k in settings
+                                                                          if k != "version"}))
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        meta = json.dumps({"num_classes": domain.num_classes, "fingerprint": domain.fingerprint}).encode()
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+        save_file({"train_x": train.contiguous(), "train_y": train_y, "test_x": test.contiguous(), "test_y": test_y,
+                   "__meta__": torch.frombuffer(bytearray(meta), dtype=torch.uint8)}, str(tmp))
+        os.replace(tmp, cache_file)
+    return domain
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (first, rest): `fraction` of every class goes to `first`, chosen by a seeded permutation."""
+    gen = torch.Generator().manual_seed(seed)
+    first, rest = [], []
+    labels = labels.cpu()
+    for cls in torch.unique(labels):
+        idx = torch.nonzero(labels == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        cut = int(round(fraction * len(idx)))
+        first.append(idx[:cut])
+        rest.append(idx[cut:])
+    return torch.sort(torch.cat(first)).values, torch.sort(torch.cat(rest)).values
+
+
+def restricted_roles(train: Split, mode: str, seed: int = 0) -> tuple[Split, Split, str]:
+    """Split the restricted training set into (defender, adversary) parts and a manifest hash.
+
+    `halves`: stratified 50/50 (the project default); `none`: both get everything (the reference);
+    `fraction:f`: the defender gets a stratified share f.
+    """
+    if mode == "none":
+        index_def = index_adv = torch.arange(len(train))
+    else:
+        share = 0.5 if mode == "halves" else float(mode.partition(":")[2])
+        index_def, index_adv = stratified_split(train.y, share, seed)
+    manifest = hashlib.sha256(index_def.numpy().tobytes() + b"|" + index_adv.numpy().tobytes()).hexdigest()
+    return train.subset(index_def), train.subset(index_adv), manifest
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = True):
+    """One epoch of shuffled index batches; with drop_last a short final batch is skipped (reference)."""
+    order = torch.randperm(n, generator=generator)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]

@@ -1,0 +1,115 @@
+"""The tensor-resident training loop shared by pretraining, attacks and defense probes.
+
+Data stays on the device as tensors and batches are index gathers (no DataLoader per step). The loop
+keeps no hidden state: model, optimizer, schedule and generator are passed in, so several configs that
+share a start could later be run as one vmapped ensemble.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.engine.data import Split, batch_indices
+from harness.engine.device import autocast
+
+OPTIMIZERS = ("sgd_momentum", "nesterov", "sgd", "adagrad", "adadelta", "adam", "adamw")
+SCHEDULES = ("constant", "warmup_cosine", "cosine")
+# algorithms.md §8.3: the weight decay each optimizer uses unless a config says otherwise
+DEFAULT_WEIGHT_DECAY = {"sgd_momentum": 1e-4, "nesterov": 1e-4, "sgd": 1e-4, "adagrad": 1e-4, "adadelta": 1e-4,
+                        "adam": 1e-4, "adamw": 1e-2}
+
+
+class Diverged(Exception):
+    """A NaN or infinite training loss: the cell is a result ('diverged'), not a crash."""
+
+
+def make_optimizer(name: str, params: Iterable, lr: float, weight_decay: float | None = None) -> torch.optim.Optimizer:
+    wd = DEFAULT_WEIGHT_DECAY[name] if weight_decay is None else weight_decay
+    if name == "sgd_momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+    if name == "nesterov":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+    if name == "adadelta":
+        return torch.optim.Adadelta(params, lr=lr, rho=0.9, weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=wd)
+    raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int,
+                  warmup_fraction: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step lr multiplier: constant; cosine to 0; or linear warmup from 0 then cosine to 0."""
+    total = max(1, total_steps)
+    warmup = int(warmup_fraction * total) if schedule == "warmup_cosine" else 0
+
+    def factor(step: int) -> float:
+        if schedule == "constant":
+            return 1.0
+        if step < warmup:
+            return step / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, *, precision: str = "fp32", chunk: int = 1000) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) over the whole split, in eval mode and in chunks to bound memory."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    device = split.x.device
+    for start in range(0, len(split), chunk):
+        x, y = split.x[start:start + chunk], split.y[start:start + chunk]
+        with autocast(device, precision):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(dim=1) == y).sum().item()
+    model.train(was_training)
+    n = max(1, len(split))
+    return correct / n, loss_sum / n
+
+
+def train_epochs(model: nn.Module, data: Split, optimizer: torch.optim.Optimizer, *, epochs: int, batch_size: int,
+                 generator: torch.Generator, schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+                 precision: str = "fp32", drop_last: bool = True, loss_fn: Callable | None = None,
+                 after_epoch: Callable[[int, int], None] | None = None, start_step: int = 0) -> int:
+    """Train for `epochs` epochs of shuffled batches; call `after_epoch(epoch, steps)`; return steps taken.
+
+    Raises Diverged at the first non-finite loss, after the steps before it were taken.
+    """
+    loss_fn = loss_fn or F.cross_entropy
+    device = data.x.device
+    steps = start_step
+    model.train()
+    for epoch in range(1, epochs + 1):
+        for index in batch_indices(len(data), batch_size, generator, drop_last):
+            index = index.to(device)
+            with autocast(device, precision):
+                loss = loss_fn(model(data.x[index]).float(), data.y[index])
+            if not torch.isfinite(loss):
+                raise Diverged(f"loss became {loss.item()} at epoch {epoch}, step {steps + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            steps += 1
+        if after_epoch is not None:
+            after_epoch(epoch, steps)
+    return steps

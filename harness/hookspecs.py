@@ -1,0 +1,56 @@
+"""Pluggy markers and hook specifications.
+
+Every `register_*` hook receives a `register` callback; a plugin calls it once per thing it offers, with
+a light descriptor (name, description, version, parameter schema, factory as an import string), so that
+listing and validating never import torch. Arguments are keyword-only so hooks can grow.
+"""
+
+import pluggy
+
+PROJECT = "untunable"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class Specs:
+    """The hooks a plugin may implement."""
+
+    @hookspec
+    def register_datasets(self, register):
+        """Offer datasets: `register(name=..., factory="module:function", params=[Param...], ...)`."""
+
+    @hookspec
+    def register_architectures(self, register):
+        """Offer model architectures (factory builds an nn.Module exposing `head_path`)."""
+
+    @hookspec
+    def register_defenses(self, register):
+        """Offer defenses: factory(ctx, model) -> protected model."""
+
+    @hookspec
+    def register_attacks(self, register):
+        """Offer attacks: factory(ctx, model) -> attacked model; the curve goes to ctx.recorder."""
+
+    @hookspec
+    def register_suites(self, register):
+        """Offer named attack suites: `register(name=..., description=..., entries=[{...}, ...])`."""
+
+    @hookspec
+    def register_metrics(self, register):
+        """Offer leaderboard metrics computed from stored curves."""
+
+    @hookspec
+    def register_executors(self, register):
+        """Offer executors that run cells (local, ray, ...)."""
+
+    @hookspec
+    def register_reporters(self, register):
+        """Offer leaderboard output formats (md, csv, html, json, ...)."""
+
+    @hookspec
+    def run_started(self, experiment, cells):
+        """Called once a run's plan is known, before any cell runs."""
+
+    @hookspec
+    def cell_finished(self, cell, status):
+        """Called in the runner process after each cell is committed to the store."""

@@ -1,0 +1,158 @@
+"""Plugin discovery: built-ins and third-party packages alike come in through the `untunable` entry points.
+
+Each entry point is loaded in isolation: one that fails to import, misspells a hook or collides with
+another plugin's name is reported and skipped (fatal with UNTUNABLE_STRICT_PLUGINS=1).
+UNTUNABLE_LOAD_PLUGINS=a,b loads only the named entry points.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass
+from importlib import metadata
+
+import pluggy
+
+from harness.hookspecs import PROJECT, Specs
+from harness.registry import ConfigError, Param, PluginSpec, did_you_mean
+
+HOOK_KINDS = {
+    "register_datasets": "dataset",
+    "register_architectures": "architecture",
+    "register_defenses": "defense",
+    "register_attacks": "attack",
+    "register_suites": "suite",
+    "register_metrics": "metric",
+    "register_executors": "executor",
+    "register_reporters": "reporter",
+}
+
+
+class PluginError(RuntimeError):
+    """A plugin could not be loaded (fatal only under strict mode)."""
+
+
+@dataclass
+class LoadError:
+    plugin: str
+    distribution: str
+    message: str
+    detail: str
+
+
+class Registry:
+    """All plugins, by kind and name, with the errors met while loading them."""
+
+    def __init__(self, strict: bool | None = None, allow: list[str] | None = None):
+        self.strict = os.environ.get("UNTUNABLE_STRICT_PLUGINS") == "1" if strict is None else strict
+        env_allow = os.environ.get("UNTUNABLE_LOAD_PLUGINS")
+        self.allow = allow if allow is not None else ([a.strip() for a in env_allow.split(",") if a.strip()]
+                                                      if env_allow else None)
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(Specs)
+        self.specs: dict[str, dict[str, PluginSpec]] = {kind: {} for kind in HOOK_KINDS.values()}
+        self.errors: list[LoadError] = []
+        self.entry_points: dict[str, str] = {}
+
+    # -- loading -------------------------------------------------------------------------------
+    def load_entry_points(self) -> "Registry":
+        for ep in sorted(metadata.entry_points(group=PROJECT), key=lambda e: e.name):
+            if self.allow is not None and ep.name not in self.allow:
+                continue
+            dist = ep.dist.name if ep.dist else "?"
+            version = ep.dist.version if ep.dist else "?"
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken third-party plugin must not take the tool down
+                self._fail(ep.name, dist, f"failed to import {ep.value}: {type(exc).__name__}: {exc}")
+                continue
+            self.add(module, name=ep.name, distribution=dist, dist_version=version)
+        return self
+
+    def add(self, module, *, name: str, distribution: str = "?", dist_version: str = "?") -> bool:
+        """Register one plugin object (module or instance) and collect what it registers."""
+        try:
+            self.pm.register(module, name=name)
+            self.pm.check_pending()
+        except Exception as exc:
+            if self.pm.is_registered(module):
+                self.pm.unregister(module)
+            self._fail(name, distribution, f"invalid hooks: {exc}")
+            return False
+        self.entry_points[name] = distribution
+        collected: list[PluginSpec] = []
+        try:
+            for hook_name, kind in HOOK_KINDS.items():
+                for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                    if impl.plugin is module:
+                        impl.function(register=self._collector(kind, distribution, dist_version, collected))
+        except Exception as exc:
+            self.pm.unregister(module)
+            self._fail(name, distribution, f"registration raised {type(exc).__name__}: {exc}")
+            return False
+        clash = [s for s in collected if s.name in self.specs[s.kind]]
+        if clash:
+            self.pm.unregister(module)
+            s = clash[0]
+            other = self.specs[s.kind][s.name].distribution
+            self._fail(name, distribution, f"{s.kind} name {s.name!r} is registered by both {other!r} and {distribution!r}")
+            return False
+        for spec in collected:
+            self.specs[spec.kind][spec.name] = spec
+        return True
+
+    def _collector(self, kind, distribution, dist_version, collected):
+        def register(name: str, *, description: str = "", factory=None, params=(), version: str = "0", **extra):
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"a {kind} must be registered with a non-empty name")
+            if any(s.kind == kind and s.name == name for s in collected):
+                raise PluginError(f"{kind} {name!r} registered twice by the same plugin")
+            params = tuple(params)
+            if not all(isinstance(p, Param) for p in params):
+                raise PluginError(f"{kind} {name!r}: params must be harness.Param objects")
+            collected.append(PluginSpec(kind=kind, name=name, description=description.strip().splitlines()[0]
+                                        if description.strip() else "", factory=factory, params=params,
+                                        version=str(version), distribution=distribution,
+                                        dist_version=dist_version, extra=extra))
+        return register
+
+    def _fail(self, plugin, distribution, message):
+        error = LoadError(plugin, distribution, message, traceback.format_exc())
+        if self.strict:
+            raise PluginError(f"plugin {plugin!r} from {distribution!r}: {message}")
+        self.errors.append(error)
+
+    # -- lookup --------------------------------------------------------------------------------
+    def get(self, kind: str, name: str, where: str = "") -> PluginSpec:
+        try:
+            return self.specs[kind][name]
+        except KeyError:
+            known = sorted(self.specs[kind])
+            raise ConfigError(f"unknown {kind} {name!r}{did_you_mean(name, known)}; known: {', '.join(known) or 'none'}",
+                              where=where) from None
+
+    def all(self, kind: str | None = None) -> list[PluginSpec]:
+        kinds = [kind] if kind else list(self.specs)
+        return [spec for k in kinds for spec in sorted(self.specs[k].values(), key=lambda s: s.name)]
+
+    def notify(self, hook: str, **kwargs) -> None:
+        """Call a lifecycle hook on every plugin that implements it."""
+        getattr(self.pm.hook, hook)(**kwargs)
+
+
+_DEFAULT: Registry | None = None
+
+
+def registry() -> Registry:
+    """The process-wide registry, loaded on first use."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = Registry().load_entry_points()
+    return _DEFAULT
+
+
+def reset_registry() -> None:
+    """Forget the loaded plugins (tests, or after installing a package)."""
+    global _DEFAULT
+    _DEFAULT = None

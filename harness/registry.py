@@ -1,0 +1,124 @@
+"""Light plugin descriptors and parameter schemas.
+
+A descriptor names its factory as an import string ("module:attribute"); nothing heavy is imported until
+a cell actually runs. Parameter schemas validate experiment files with errors that name the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+KINDS = ("dataset", "architecture", "defense", "attack", "suite", "metric", "executor", "reporter")
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
+
+
+class ConfigError(ValueError):
+    """A user error in an experiment file or on the command line: reported as one line, exit status 2."""
+
+    def __init__(self, message: str, *, where: str = ""):
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+def did_you_mean(name: str, choices: Sequence[str]) -> str:
+    """A ' (did you mean X?)' suffix for a misspelt name, or ''."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared plugin parameter: type, default, and the range or choices it may take."""
+
+    name: str
+    type: str
+    default: Any
+    help: str = ""
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    nullable: bool = False
+
+    def __post_init__(self):
+        if self.type not in _TYPES:
+            raise ValueError(f"Param {self.name!r}: type must be one of {sorted(_TYPES)}, not {self.type!r}")
+
+    def check(self, value: Any, where: str) -> Any:
+        """Return `value` coerced to this parameter's type, or raise ConfigError naming `where`."""
+        if value is None and self.nullable:
+            return None
+        expected = _TYPES[self.type]
+        if self.type == "float" and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if self.type == "float" and isinstance(value, str):
+            try:
+                value = float(value)  # YAML reads 1e-4 as a string
+            except ValueError:
+                pass
+        if not isinstance(value, expected) or (self.type in ("int", "float") and isinstance(value, bool)):
+            raise ConfigError(f"expected {self.type}, got {type(value).__name__} {value!r}", where=where)
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(
+                f"{value!r} is not one of {list(self.choices)}{did_you_mean(value, [str(c) for c in self.choices])}",
+                where=where,
+            )
+        if self.min is not None and value < self.min:
+            raise ConfigError(f"{value!r} is below the minimum {self.min}", where=where)
+        if self.max is not None and value > self.max:
+            raise ConfigError(f"{value!r} is above the maximum {self.max}", where=where)
+        return value
+
+    def describe(self) -> dict:
+        out = {"name": self.name, "type": self.type, "default": self.default, "help": self.help}
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
+        if self.min is not None or self.max is not None:
+            out["range"] = [self.min, self.max]
+        return out
+
+
+@dataclass
+class PluginSpec:
+    """What a plugin registers: enough to list, validate and key a plugin without importing it."""
+
+    kind: str
+    name: str
+    description: str
+    factory: str | Callable | None = None
+    params: tuple[Param, ...] = ()
+    version: str = "0"
+    distribution: str = "?"
+    dist_version: str = "?"
+    extra: dict = field(default_factory=dict)
+
+    def load(self) -> Callable:
+        """Import and return the factory (the first heavy import happens here)."""
+        if callable(self.factory):
+            return self.factory
+        module, _, attr = str(self.factory).partition(":")
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def resolve(self, given: dict | None, where: str) -> dict:
+        """Validate `given` against the schema and fill defaults; unknown keys are errors with a did-you-mean."""
+        given = dict(given or {})
+        known = {p.name: p for p in self.params}
+        for key in given:
+            if key not in known:
+                raise ConfigError(
+                    f"unknown parameter {key!r} for {self.kind} {self.name!r}{did_you_mean(key, list(known))}",
+                    where=f"{where}.{key}",
+                )
+        return {name: (p.check(given[name], f"{where}.{name}") if name in given else p.default)
+                for name, p in known.items()}
+
+    @property
+    def cache_version(self) -> str:
+        """What goes into cell keys: the plugin's own version and its distribution's."""
+        return f"{self.distribution}=={self.dist_version}/{self.name}@{self.version}"

@@ -1,0 +1,1 @@
+"""Built-in plugins that are neither defenses nor attacks: datasets, architectures, metrics, reporters."""
