@@ -6,6 +6,7 @@ The schema is a public contract (other tools read it):
   points(key, x, x_unit, metric, value)          -- the curves
   artifacts(key, path, sha256, bytes)            -- checkpoints (safetensors), paths relative to the store
   memberships(key, suite, label)                 -- the suites an attack cell belongs to, under which label
+  notes(key, json)                               -- a cell's counters (steps, examples seen, skipped modules)
 A finished cell's row, points and artifacts are written in one transaction.
 """
 
@@ -34,6 +35,7 @@ CREATE TABLE IF NOT EXISTS artifacts (
     key TEXT NOT NULL, path TEXT NOT NULL, sha256 TEXT NOT NULL, bytes INTEGER NOT NULL,
     PRIMARY KEY (key, path)
 );
+CREATE TABLE IF NOT EXISTS notes (key TEXT PRIMARY KEY, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS memberships (
     key TEXT NOT NULL, suite TEXT NOT NULL, label TEXT NOT NULL, PRIMARY KEY (key, suite, label)
 );
@@ -109,6 +111,7 @@ class Store:
         with self.transaction() as db:
             db.execute("DELETE FROM points WHERE key=?", (cell.key,))
             db.execute("DELETE FROM artifacts WHERE key=?", (cell.key,))
+            db.execute("DELETE FROM notes WHERE key=?", (cell.key,))
             db.execute(
                 "INSERT OR REPLACE INTO cells (key, kind, scenario, start, attack, seed, config_json, status,"
                 " error, started, finished, seconds, host, versions_json)"
@@ -118,7 +121,8 @@ class Store:
                  json.dumps(cell.versions, sort_keys=True)),
             )
 
-    def finish(self, key: str, status: str, *, points=(), artifacts=(), error: str | None = None) -> None:
+    def finish(self, key: str, status: str, *, points=(), artifacts=(), error: str | None = None,
+               notes: dict | None = None) -> None:
         """Commit a finished cell: status, curve and artifacts in one transaction."""
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
@@ -134,6 +138,7 @@ class Store:
             db.execute("DELETE FROM points WHERE key=?", (key,))
             db.execute("DELETE FROM artifacts WHERE key=?", (key,))
             db.executemany("INSERT INTO points VALUES (?, ?, ?, ?, ?)", rows)
+            db.execute("INSERT OR REPLACE INTO notes VALUES (?, ?)", (key, json.dumps(notes or {}, default=str)))
             for path in artifacts:
                 path = Path(path)
                 db.execute("INSERT INTO artifacts VALUES (?, ?, ?, ?)",
@@ -155,6 +160,10 @@ class Store:
     def points(self, key: str) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT x, x_unit, metric, value FROM points WHERE key=? "
                                                  "ORDER BY rowid", (key,))]
+
+    def notes(self, key: str) -> dict:
+        row = self.db.execute("SELECT json FROM notes WHERE key=?", (key,)).fetchone()
+        return json.loads(row["json"]) if row else {}
 
     def artifact(self, key: str, name: str = "model.safetensors") -> Path | None:
         """The verified path of a cell's artifact, or None; a file whose hash changed is refused."""

@@ -58,10 +58,15 @@ class CellContext:
     def evaluate(self, model: nn.Module, split: Split) -> tuple[float, float]:
         return evaluate(model, split, precision=self.precision)
 
-    def record_restricted(self, model: nn.Module, *, epoch: float, step: int) -> float:
-        """Evaluate on the restricted test set and record accuracy and loss against epochs and steps."""
+    def record_restricted(self, model: nn.Module, *, epoch: float | None, step: int) -> float:
+        """Evaluate on the restricted test set and record accuracy and loss against epochs and steps.
+
+        `epoch=None` records against steps only: the extra points of a step-budget attack between epochs.
+        """
         accuracy, loss = self.evaluate(model, self.restricted_test)
         for x, unit in ((epoch, "epoch"), (step, "step")):
+            if x is None:
+                continue
             self.recorder.point(x, unit, "restricted/accuracy", accuracy)
             self.recorder.point(x, unit, "restricted/loss", loss)
         return accuracy

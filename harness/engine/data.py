@@ -162,9 +162,18 @@ def restricted_roles(train: Split, mode: str, seed: int = 0) -> tuple[Split, Spl
     return train.subset(index_def), train.subset(index_adv), manifest
 
 
+def _epoch_stop(n: int, batch_size: int, drop_last: bool) -> int:
+    """How many examples one epoch uses: a short final batch is dropped unless it is the only one."""
+    return n - n % batch_size if drop_last and n >= batch_size else n
+
+
+def epoch_steps(n: int, batch_size: int, drop_last: bool = True) -> int:
+    """How many batches `batch_indices` yields per epoch (schedules and step budgets need it up front)."""
+    return -(-_epoch_stop(n, batch_size, drop_last) // batch_size)
+
+
 def batch_indices(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = True):
     """One epoch of shuffled index batches; with drop_last a short final batch is skipped (reference)."""
     order = torch.randperm(n, generator=generator)
-    stop = n - n % batch_size if drop_last and n >= batch_size else n
-    for start in range(0, stop, batch_size):
+    for start in range(0, _epoch_stop(n, batch_size, drop_last), batch_size):
         yield order[start:start + batch_size]

@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from harness.registry import ConfigError
+
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -15,7 +17,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
+        raise ConfigError("CUDA is not available on this machine (use cpu or auto)", where=f"--device {name}")
     return device
 
 

@@ -16,9 +16,8 @@ from torch import nn
 
 from harness.engine.data import Split, batch_indices
 from harness.engine.device import autocast
+from harness.names import OPTIMIZERS, SCHEDULES
 
-OPTIMIZERS = ("sgd_momentum", "nesterov", "sgd", "adagrad", "adadelta", "adam", "adamw")
-SCHEDULES = ("constant", "warmup_cosine", "cosine")
 # algorithms.md §8.3: the weight decay each optimizer uses unless a config says otherwise
 DEFAULT_WEIGHT_DECAY = {"sgd_momentum": 1e-4, "nesterov": 1e-4, "sgd": 1e-4, "adagrad": 1e-4, "adadelta": 1e-4,
                         "adam": 1e-4, "adamw": 1e-2}
@@ -68,8 +67,12 @@ def make_schedule(optimizer: torch.optim.Optimizer, schedule: str, total_steps: 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, *, precision: str = "fp32", chunk: int = 1000) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) over the whole split, in eval mode and in chunks to bound memory."""
-    was_training = model.training
+    """(accuracy, mean cross-entropy) over the whole split, in eval mode and in chunks to bound memory.
+
+    Every module's train/eval flag is restored afterwards, so layers a caller keeps in eval mode during
+    training (frozen BatchNorm statistics) stay that way.
+    """
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     correct, loss_sum = 0, 0.0
     device = split.x.device
@@ -80,7 +83,8 @@ def evaluate(model: nn.Module, split: Split, *, precision: str = "fp32", chunk: 
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(dim=1) == y).sum().item()
-    model.train(was_training)
+    for module, training in modes:
+        module.training = training
     n = max(1, len(split))
     return correct / n, loss_sum / n
 
@@ -88,15 +92,20 @@ def evaluate(model: nn.Module, split: Split, *, precision: str = "fp32", chunk: 
 def train_epochs(model: nn.Module, data: Split, optimizer: torch.optim.Optimizer, *, epochs: int, batch_size: int,
                  generator: torch.Generator, schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
                  precision: str = "fp32", drop_last: bool = True, loss_fn: Callable | None = None,
-                 after_epoch: Callable[[int, int], None] | None = None, start_step: int = 0) -> int:
-    """Train for `epochs` epochs of shuffled batches; call `after_epoch(epoch, steps)`; return steps taken.
+                 after_epoch: Callable[[int, int], None] | None = None, start_step: int = 0,
+                 after_step: Callable[[int], None] | None = None,
+                 train_mode: Callable[[nn.Module], None] | None = None) -> int:
+    """Train for `epochs` epochs of shuffled batches; call `after_step(steps)` after every optimizer step and
+    `after_epoch(epoch, steps)` after every epoch; return steps taken.
 
+    `train_mode(model)` puts the model in training mode (default `model.train()`); attacks pass one that
+    keeps BatchNorm layers in eval mode to freeze their statistics.
     Raises Diverged at the first non-finite loss, after the steps before it were taken.
     """
     loss_fn = loss_fn or F.cross_entropy
     device = data.x.device
     steps = start_step
-    model.train()
+    (train_mode or type(model).train)(model)
     for epoch in range(1, epochs + 1):
         for index in batch_indices(len(data), batch_size, generator, drop_last):
             index = index.to(device)
@@ -110,6 +119,8 @@ def train_epochs(model: nn.Module, data: Split, optimizer: torch.optim.Optimizer
             if schedule is not None:
                 schedule.step()
             steps += 1
+            if after_step is not None:
+                after_step(steps)
         if after_epoch is not None:
             after_epoch(epoch, steps)
     return steps

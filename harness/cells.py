@@ -1,0 +1,211 @@
+"""Running one cell (pretrain, defend or attack) inside a worker, and committing it to the store.
+
+A cell re-derives everything it needs from its config (plugins from the registry, data from the cache,
+its inputs from stored safetensors), so it gives the same curve in any process, locally or on Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from harness.plan import Cell
+from harness.store import Store
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how cells run; not part of any cell key (results do not depend on it, up to float noise)."""
+
+    root: str
+    device: str = "auto"
+    precision: str = "fp32"
+    data_root: str | None = None
+    cache_dir: str | None = None
+    threads: int | None = None
+
+
+@dataclass
+class ScenarioData:
+    original: object
+    restricted: object
+    defender: object
+    adversary: object
+    manifest: str
+
+
+def _registry():
+    from harness.plugins import registry
+    return registry()
+
+
+def _materialise(role_config: dict, scenario: dict, runtime: Runtime):
+    from harness.engine.data import materialise
+
+    spec = _registry().get("dataset", role_config["dataset"])
+    return materialise(spec, role_config["params"], image_size=scenario["image_size"], channels=scenario["channels"],
+                       normalisation=scenario["normalisation"],
+                       data_root=Path(runtime.data_root) if runtime.data_root else None,
+                       cache_dir=Path(runtime.cache_dir) if runtime.cache_dir else None)
+
+
+@lru_cache(maxsize=2)
+def _scenario_data(scenario_json: str, runtime: Runtime) -> ScenarioData:
+    from harness.engine.data import restricted_roles
+    from harness.engine.device import resolve_device
+
+    scenario = json.loads(scenario_json)
+    device = resolve_device(runtime.device)
+    original = _materialise(scenario["original"], scenario, runtime)
+    restricted = _materialise(scenario["restricted"], scenario, runtime)
+    defender, adversary, manifest = restricted_roles(restricted.train, scenario["restricted_split"])
+    return ScenarioData(original.to(device), restricted.to(device), defender.to(device), adversary.to(device), manifest)
+
+
+def scenario_data(scenario: dict, runtime: Runtime) -> ScenarioData:
+    return _scenario_data(json.dumps(scenario, sort_keys=True), runtime)
+
+
+def data_facts(scenario: dict, runtime: Runtime) -> dict:
+    """Fingerprints and sizes that enter cell keys and the leaderboard's statement of scale."""
+    data = scenario_data(scenario, runtime)
+    return {"original_fingerprint": data.original.fingerprint, "restricted_fingerprint": data.restricted.fingerprint,
+            "split_manifest": data.manifest, "original_train": len(data.original.train),
+            "defender_train": len(data.defender), "adversary_train": len(data.adversary),
+            "restricted_test": len(data.restricted.test), "num_classes": data.restricted.num_classes}
+
+
+def _build_model_fn(scenario: dict, num_classes: int, device):
+    from harness.engine.models import build_model
+
+    spec = _registry().get("architecture", scenario["architecture"]["name"])
+
+    def build():
+        return build_model(spec, scenario["architecture"]["params"], in_channels=scenario["channels"],
+                           image_size=scenario["image_size"], num_classes=num_classes).to(device)
+    return build
+
+
+def _context(cell: Cell, runtime: Runtime, data: ScenarioData, recorder, *, seed: int, params: dict, role: str):
+    from harness.engine.context import CellContext
+    from harness.engine.device import resolve_device
+
+    device = resolve_device(runtime.device)
+    if data.original.num_classes != data.restricted.num_classes:
+        raise ValueError("original and restricted domains must have the same number of classes (head reuse)")
+    return CellContext(
+        params=params, seed=seed, device=device, precision=runtime.precision,
+        num_classes=data.restricted.num_classes, original_test=data.original.test,
+        restricted_train=data.defender if role == "defend" else data.adversary,
+        restricted_test=data.restricted.test,
+        original_train=data.original.train if role in ("defend", "pretrain") else None,
+        build_model=_build_model_fn(cell.config["scenario"], data.restricted.num_classes, device),
+        recorder=recorder, workdir=None, log=lambda message: None,
+    )
+
+
+def _pretrain(ctx, settings: dict):
+    """The unprotected original: the architecture trained on the original domain (algorithms.md §9)."""
+    from harness.engine.train import make_optimizer, train_epochs
+
+    model = ctx.build_model()
+    optimizer = make_optimizer(settings["optimizer"], model.parameters(), settings["lr"], settings["weight_decay"])
+
+    def after_epoch(epoch, steps):
+        ctx.record_original(model, epoch=epoch)
+
+    ctx.record_original(model, epoch=0)
+    train_epochs(model, ctx.original_train, optimizer, epochs=settings["epochs"], batch_size=settings["batch_size"],
+                 generator=ctx.generator("pretrain-batches"), precision=ctx.precision, after_epoch=after_epoch)
+    ctx.record_restricted(model, epoch=0, step=0)
+    return model
+
+
+def _load_input(store: Store, key: str, model):
+    from harness.engine.models import load_model
+
+    path = store.artifact(key)
+    if path is None:
+        raise RuntimeError(f"input cell {key[:12]} has no stored model; re-run to rebuild it")
+    return load_model(model, path)
+
+
+def _cell_seed(cell: Cell) -> int:
+    """Derived from what the cell computes and its seed (not the start), so paired cells share batch orders."""
+    from harness.engine.seeding import derive_seed
+
+    what = {"pretrain": cell.config.get("pretrain"), "defend": cell.config.get("defense"),
+            "attack": {k: cell.config["attack"][k] for k in ("plugin", "params")} if cell.kind == "attack" else None}
+    return derive_seed(cell.kind, json.dumps(what[cell.kind], sort_keys=True), cell.seed)
+
+
+def _run(cell: Cell, runtime: Runtime, store: Store, recorder) -> list[Path]:
+    from harness.engine.models import save_model
+    from harness.engine.seeding import derive_seed, seed_everything
+
+    data = scenario_data(cell.config["scenario"], runtime)
+    seed = _cell_seed(cell)
+    seed_everything(seed)
+    if cell.kind == "pretrain":
+        ctx = _context(cell, runtime, data, recorder, seed=seed, params={}, role="pretrain")
+        model = _pretrain(ctx, cell.config["pretrain"])
+    elif cell.kind == "defend":
+        defense = cell.config["defense"]
+        ctx = _context(cell, runtime, data, recorder, seed=seed, params=defense["params"], role="defend")
+        model = _load_input(store, cell.deps[0], ctx.build_model())
+        model = _registry().get("defense", defense["plugin"]).load()(ctx, model)
+    else:
+        attack = cell.config["attack"]
+        ctx = _context(cell, runtime, data, recorder, seed=seed, params=attack["params"], role="attack")
+        seed_everything(derive_seed(seed, "scratch-init"))
+        model = ctx.build_model()
+        if cell.deps:
+            model = _load_input(store, cell.deps[0], model)
+        _registry().get("attack", attack["plugin"]).load()(ctx, model)
+        return []
+    return [save_model(model, store.artifact_dir(cell.key) / "model.safetensors",
+                       metadata={"cell": cell.key, "kind": cell.kind})]
+
+
+def execute(cell: Cell, runtime: Runtime) -> str:
+    """Run a cell and commit it; returns its status. Never raises for a failure inside the cell."""
+    from harness.engine.context import Recorder
+    from harness.engine.train import Diverged
+
+    if runtime.threads:
+        import torch
+        torch.set_num_threads(runtime.threads)
+    store = Store(runtime.root)
+    try:
+        store.mark_running(cell)
+        recorder = Recorder()
+        try:
+            artifacts = _run(cell, runtime, store, recorder)
+            status, error = "done", None
+        except Diverged as exc:
+            artifacts, status, error = [], "diverged", str(exc)
+        except Exception:
+            artifacts, status, error = [], "failed", traceback.format_exc()
+        store.finish(cell.key, status, points=recorder.points, artifacts=artifacts, error=error,
+                     notes=recorder.notes)
+        return status
+    finally:
+        store.close()
+
+
+def worker_init(threads: int | None) -> None:
+    """Worker processes die with the runner (so a killed run leaves no orphan finishing cells)."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+        torch.set_num_threads(threads)

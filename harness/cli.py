@@ -1,0 +1,214 @@
+"""`untunable run | validate | pretrain | list | curves | leaderboard | plugins`.
+
+User errors (a bad experiment file, an unknown plugin, a missing results directory) print one line and
+exit with status 2, without a traceback; failed cells make `run` exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.registry import ConfigError
+
+EXIT_USAGE, EXIT_FAILED_CELLS = 2, 1
+
+
+def _registry():
+    from harness.plugins import registry
+    return registry()
+
+
+def _console():
+    from rich.console import Console
+    return Console(stderr=False)
+
+
+def _experiment(path: str):
+    from harness.config import load_experiment
+    return load_experiment(path)
+
+
+def _runtime(args, experiment):
+    from harness.runner import default_runtime
+    return default_runtime(experiment, results=args.results, device=args.device, precision=args.precision,
+                           cache_dir=args.cache_dir, threads=args.threads)
+
+
+def cmd_validate(args) -> int:
+    from harness.plan import resolve
+
+    experiment = _experiment(args.file)
+    resolved = resolve(experiment, _registry())
+    seeds, starts = len(experiment.seeds), len(experiment.baselines) + len(resolved.defenses)
+    attacks = len(resolved.attacks) * seeds * starts * len(resolved.scenarios)
+    print(f"{args.file}: ok — {len(resolved.scenarios)} scenario(s), {len(resolved.defenses)} defense(s), "
+          f"{len(resolved.attacks)} attack config(s) x {seeds} seed(s) x {starts} start(s) = {attacks} attack cells")
+    return 0
+
+
+def _run(args, *, only_pretrain: bool) -> int:
+    from harness.progress import make_progress
+    from harness.runner import is_interactive, run
+
+    experiment = _experiment(args.file)
+    if only_pretrain:
+        experiment = experiment.model_copy(update={"defenses": [], "baselines": []})
+    runtime = _runtime(args, experiment)
+    console = _console()
+    progress = make_progress(args.quiet, is_interactive(), console)
+    summary = run(experiment, runtime, _registry(), executor=args.executor, workers=args.workers, progress=progress)
+    if only_pretrain:
+        print(f"base model(s): {'failed' if summary.failed else 'ready'} in {runtime.root}")
+    else:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new to run"
+        print(f"{summary.total} cells: {summary.reused} reused, {counts}. Results: {runtime.root}")
+        if not args.no_leaderboard and not summary.failed:
+            _print_leaderboard(runtime.root, console)
+    for title in summary.failed:
+        print(f"failed: {title}", file=sys.stderr)
+    for title in summary.skipped:
+        print(f"skipped (input failed): {title}", file=sys.stderr)
+    if not summary.ok:
+        print(f"tracebacks: untunable list {runtime.root} --failed", file=sys.stderr)
+        return EXIT_FAILED_CELLS
+    return 0
+
+
+def _print_leaderboard(root, console):
+    from harness.leaderboard import print_leaderboard
+    print_leaderboard(root, console=console)
+
+
+def _results(path: str):
+    from harness.store import DB_NAME, Store
+
+    if not (Path(path) / DB_NAME).exists():
+        raise ConfigError(f"no results store here (expected {DB_NAME}; run `untunable run FILE` first)", where=path)
+    return Store(path)
+
+
+def cmd_list(args) -> int:
+    store = _results(args.results)
+    query = "SELECT key, kind, scenario, start, attack, seed, status, seconds, error FROM cells"
+    query += " WHERE status='failed'" if args.failed else ""
+    for row in store.db.execute(query + " ORDER BY started"):
+        seconds = f"{row['seconds']:.1f}s" if row["seconds"] is not None else "-"
+        print(f"{row['key'][:12]}  {row['status']:8s} {seconds:>8s}  {row['kind']:8s} {row['scenario']} "
+              f"{row['start']} {row['attack']} seed={row['seed']}")
+        if args.failed and row["error"]:
+            print("    " + row["error"].strip().replace("\n", "\n    "))
+    return 0
+
+
+def cmd_curves(args) -> int:
+    """The stored restricted-accuracy curves of every attack cell, one row per cell."""
+    from rich.table import Table
+
+    store = _results(args.results)
+    rows = store.db.execute(
+        "SELECT c.scenario, c.start, c.attack, c.seed, c.status, p.x, p.value FROM cells c JOIN points p ON p.key=c.key"
+        " WHERE c.kind='attack' AND p.metric=? AND p.x_unit='epoch' ORDER BY c.scenario, c.start, c.attack, c.seed, p.x",
+        (args.metric,)).fetchall()
+    curves: dict[tuple, dict[float, float]] = {}
+    for r in rows:
+        curves.setdefault((r["scenario"], r["start"], r["attack"], r["seed"], r["status"]), {})[r["x"]] = r["value"]
+    epochs = sorted({x for curve in curves.values() for x in curve})
+    table = Table(title=f"{args.metric} by epoch ({args.results})")
+    for column in ("scenario", "start", "attack", "seed", "status"):
+        table.add_column(column)
+    for epoch in epochs:
+        table.add_column(f"{epoch:g}", justify="right")
+    for ident, curve in curves.items():
+        table.add_row(*map(str, ident), *(f"{100 * curve[e]:.1f}" if e in curve else "" for e in epochs))
+    _console().print(table)
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from harness.leaderboard import write_leaderboard
+
+    _results(args.results).close()
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    suites = [s.strip() for s in args.suite.split(",")] if args.suite else None
+    paths = write_leaderboard(args.results, formats=formats, suites=suites, out_dir=args.out, console=_console())
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    reg = _registry()
+    for spec in reg.all():
+        print(f"{spec.kind:12s} {spec.name:20s} {spec.distribution} {spec.dist_version:8s} {spec.description}")
+        if args.params:
+            for p in spec.params:
+                print(f"{'':14s}{p.name} ({p.type}, default {p.default!r}) {p.help}")
+    for error in reg.errors:
+        print(f"error        {error.plugin:20s} {error.distribution}: {error.message}", file=sys.stderr)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="untunable", description="How well does a model protection survive attack? "
+                                  "Runs every attack against every defense, next to scratch and the original.")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    def runner_options(p):
+        p.add_argument("file", help="experiment file (YAML)")
+        p.add_argument("--results", help="results directory (default: the file's `results`, else runs/<name>)")
+        p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the file's, else auto)")
+        p.add_argument("--precision", choices=("fp32", "bf16"), help="fp32, or bf16 autocast")
+        p.add_argument("--executor", default="local", help="executor plugin (local; ray with the extra)")
+        p.add_argument("--workers", type=int, help="worker processes (0 = run inline)")
+        p.add_argument("--threads", type=int, help="torch threads per worker (default 1 with workers)")
+        p.add_argument("--cache-dir", help="where materialised datasets are cached (default RESULTS/cache)")
+        p.add_argument("--quiet", action="store_true", help="plain progress lines instead of a live bar")
+
+    p = sub.add_parser("run", help="run (or resume) an experiment and print its leaderboard")
+    runner_options(p)
+    p.add_argument("--no-leaderboard", action="store_true", help="do not print the leaderboard at the end")
+    p.set_defaults(func=lambda a: _run(a, only_pretrain=False))
+    p = sub.add_parser("pretrain", help="train (or reuse) only the experiment's base models")
+    runner_options(p)
+    p.set_defaults(func=lambda a: _run(a, only_pretrain=True))
+    p = sub.add_parser("validate", help="check an experiment file without running it")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("list", help="list the cells of a results directory with their status")
+    p.add_argument("results")
+    p.add_argument("--failed", action="store_true", help="only failed cells, with their tracebacks")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("curves", help="print the stored curves of every attack cell")
+    p.add_argument("results")
+    p.add_argument("--metric", default="restricted/accuracy")
+    p.set_defaults(func=cmd_curves)
+    p = sub.add_parser("leaderboard", help="metrics over stored curves: terminal table and files")
+    p.add_argument("results")
+    p.add_argument("--format", default="md,csv,html,json", help="comma-separated: md, csv, html, json")
+    p.add_argument("--suite", help="only these attack suites (comma-separated)")
+    p.add_argument("--out", help="output directory (default: the results directory)")
+    p.set_defaults(func=cmd_leaderboard)
+    p = sub.add_parser("plugins", help="list installed plugins (no torch import)")
+    p.add_argument("--params", action="store_true", help="also list every parameter")
+    p.set_defaults(func=cmd_plugins)
+    return top
+
+
+def main(argv=None) -> int:
+    from harness.plugins import PluginError
+
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, PluginError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are stored; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Experiment files (YAML) -> validated, typed objects.
+
+Unknown keys, wrong types and unknown plugin names are errors that name the file and the field path,
+with a did-you-mean; `untunable validate FILE` runs exactly this without running anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.registry import ConfigError, did_you_mean
+
+RESTRICTED_SPLITS = "halves | none | fraction:<f>"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetRef(Strict):
+    dataset: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ArchitectureRef(Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PretrainSettings(Strict):
+    """How the unprotected original is trained on the original domain (algorithms.md §9)."""
+
+    epochs: int = Field(20, ge=1)
+    optimizer: str = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
+
+
+class Scenario(Strict):
+    name: str
+    original: DatasetRef
+    restricted: DatasetRef
+    architecture: ArchitectureRef
+    image_size: int = Field(28, ge=4)
+    channels: int = Field(1, ge=1, le=4)
+    normalisation: Literal["per_domain", "imagenet", "none"] = "per_domain"
+    restricted_split: str = "halves"
+    pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
+
+    @field_validator("restricted_split")
+    @classmethod
+    def _split(cls, value: str) -> str:
+        if value in ("halves", "none"):
+            return value
+        head, _, share = value.partition(":")
+        try:
+            if head == "fraction" and 0 < float(share) < 1:
+                return value
+        except ValueError:
+            pass
+        raise ValueError(f"expected {RESTRICTED_SPLITS} with 0 < f < 1, got {value!r}")
+
+
+class DefenseEntry(Strict):
+    plugin: str
+    name: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        return self.name or self.plugin
+
+
+class AttackEntry(Strict):
+    """Either a named suite (with optional parameter overrides) or one attack plugin configuration."""
+
+    suite: str | None = None
+    plugin: str | None = None
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    only: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.suite is None) == (self.plugin is None):
+            raise ValueError("give exactly one of 'suite' (a named attack suite) or 'plugin' (one attack)")
+        if self.only is not None and self.suite is None:
+            raise ValueError("'only' selects entries of a suite; it needs 'suite'")
+        return self
+
+
+class Experiment(Strict):
+    name: str
+    results: str | None = None
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    workers: int = Field(2, ge=0)
+    data_root: str | None = None
+    cache_dir: str | None = None
+    baselines: list[Literal["scratch", "original"]] = Field(default_factory=lambda: ["scratch", "original"])
+    scenarios: list[Scenario] = Field(min_length=1)
+    defenses: list[DefenseEntry] = Field(default_factory=list)
+    attacks: list[AttackEntry] = Field(min_length=1)
+
+    source: str = Field("", exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        for what, names in (("scenarios", [s.name for s in self.scenarios]),
+                            ("defenses", [d.label for d in self.defenses])):
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ValueError(f"{what} names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    def results_dir(self, override: str | None = None) -> Path:
+        """Where the store lives: --results, else the file's `results`, else runs/<name> (relative to the cwd)."""
+        return Path(override or self.results or Path("runs") / self.name)
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(f"[{part}]" if isinstance(part, int) else str(part) for part in loc).replace(".[", "[")
+
+
+def _explain(error: dict, model: type[BaseModel]) -> str:
+    """One readable sentence for a pydantic error, with a did-you-mean for unknown keys."""
+    if error["type"] == "extra_forbidden":
+        known = _known_keys(model, error["loc"][:-1])
+        return f"unknown key{did_you_mean(error['loc'][-1], known)}; expected one of: {', '.join(known)}"
+    if error["type"] == "missing":
+        return "required field is missing"
+    return error["msg"].removeprefix("Value error, ")
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the (nested) model that `loc` points into."""
+    current = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return [name for name in (current.model_fields if current else {}) if name != "source"]
+
+
+def parse_experiment(data: Any, source: str = "<experiment>") -> Experiment:
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping of experiment settings at the top level", where=source)
+    try:
+        return Experiment.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = f"{source}: {_field_path(error['loc'])}" if error["loc"] else source
+        raise ConfigError(_explain(error, Experiment), where=where) from None
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and validate an experiment file; every problem is a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("no such experiment file", where=str(path))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where) from None
+    return parse_experiment(data, source=str(path))

@@ -1,0 +1,230 @@
+"""Grid expansion: scenarios x starts x attack configs x seeds -> cells with content keys (a DAG).
+
+`resolve` checks every plugin name and parameter without importing torch (what `validate` runs);
+`build_cells` adds the data fingerprints and computes each cell's key: a hash of its normalised config,
+the plugin versions, the keys of its inputs and the data fingerprint. Scratch and original cells do not
+depend on any defense, so every defense row shares them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+
+from harness.config import AttackEntry, Experiment, Scenario
+from harness.names import OPTIMIZERS
+from harness.registry import ConfigError, PluginSpec, did_you_mean
+
+THREAT_MODEL = ("white-box attacker with the released weights, who knows the defense and holds labelled "
+                "restricted-domain data (the adversary half); the defender never sees that half")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    label: str
+    plugin: str
+    params: dict
+    suites: tuple[str, ...]
+
+    def identity(self) -> str:
+        return json.dumps({"plugin": self.plugin, "params": self.params}, sort_keys=True)
+
+
+@dataclass
+class ResolvedScenario:
+    scenario: Scenario
+    datasets: dict[str, tuple[PluginSpec, dict]]
+    architecture: tuple[PluginSpec, dict]
+
+    def config(self) -> dict:
+        """The scenario as cells see it, with every plugin parameter resolved."""
+        sc = self.scenario
+        return {**sc.model_dump(exclude={"pretrain"}),
+                "original": {"dataset": sc.original.dataset, "params": self.datasets["original"][1]},
+                "restricted": {"dataset": sc.restricted.dataset, "params": self.datasets["restricted"][1]},
+                "architecture": {"name": self.architecture[0].name, "params": self.architecture[1]}}
+
+
+@dataclass
+class Resolved:
+    experiment: Experiment
+    scenarios: list[ResolvedScenario]
+    defenses: list[tuple[str, PluginSpec, dict, int]]
+    attacks: list[AttackConfig]
+    specs: dict[str, PluginSpec]
+
+
+@dataclass
+class Cell:
+    key: str
+    kind: str
+    scenario: str
+    start: str
+    attack: str
+    seed: int
+    config: dict
+    versions: dict
+    deps: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return " ".join(p for p in (self.kind, self.scenario, self.start, self.attack, f"seed={self.seed}") if p)
+
+
+def _expand(entry_params: dict, spec: PluginSpec) -> list[tuple[dict, str]]:
+    """List values of non-list parameters expand to their cross-product; the label names what varies."""
+    declared = {p.name: p for p in spec.params}
+    varying = {k: v for k, v in entry_params.items()
+               if isinstance(v, list) and k in declared and declared[k].type != "list"}
+    if not varying:
+        return [(entry_params, "")]
+    out = []
+    for combo in itertools.product(*varying.values()):
+        params = {**entry_params, **dict(zip(varying, combo))}
+        out.append((params, " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in zip(varying, combo))))
+    return out
+
+
+def _attack_configs(entries: list[AttackEntry], registry) -> list[AttackConfig]:
+    by_identity: dict[str, AttackConfig] = {}
+    order: list[str] = []
+    for i, entry in enumerate(entries):
+        where = f"attacks[{i}]"
+        if entry.suite is not None:
+            suite = registry.get("suite", entry.suite, where=f"{where}.suite")
+            items = suite.extra.get("entries", [])
+            if entry.only is not None:
+                labels = [item["label"] for item in items]
+                for j, wanted in enumerate(entry.only):
+                    if wanted not in labels:
+                        raise ConfigError(f"suite {entry.suite!r} has no entry {wanted!r}{did_you_mean(wanted, labels)}",
+                                          where=f"{where}.only[{j}]")
+                items = [item for item in items if item["label"] in entry.only]
+            suite_name = entry.suite
+        else:
+            items = [{"label": entry.label or entry.plugin, "plugin": entry.plugin, "params": {}}]
+            suite_name = "custom"
+        for item in items:
+            spec = registry.get("attack", item["plugin"], where=f"{where}.plugin")
+            merged = {**item.get("params", {}), **entry.params}
+            for params, suffix in _expand(merged, spec):
+                resolved = spec.resolve(params, f"{where}.params")
+                label = f"{item['label']} {suffix}".strip()
+                config = AttackConfig(label, spec.name, resolved, (suite_name,))
+                key = config.identity()
+                if key in by_identity:  # the same attack reached through two suites runs once
+                    known = by_identity[key]
+                    by_identity[key] = AttackConfig(known.label, known.plugin, known.params,
+                                                    tuple(dict.fromkeys(known.suites + (suite_name,))))
+                    continue
+                by_identity[key] = config
+                order.append(key)
+    return [by_identity[k] for k in order]
+
+
+def resolve(experiment: Experiment, registry) -> Resolved:
+    """Check every plugin and parameter named by the experiment (no torch, no data)."""
+    try:
+        return _resolve(experiment, registry)
+    except ConfigError as exc:
+        message = str(exc).removeprefix(f"{exc.where}: ") if exc.where else str(exc)
+        raise ConfigError(message, where=f"{experiment.source}: {exc.where}" if exc.where else experiment.source) from None
+
+
+def _resolve(experiment: Experiment, registry) -> Resolved:
+    specs: dict[str, PluginSpec] = {}
+    scenarios = []
+    for i, sc in enumerate(experiment.scenarios):
+        datasets = {}
+        for role in ("original", "restricted"):
+            ref = getattr(sc, role)
+            spec = registry.get("dataset", ref.dataset, where=f"scenarios[{i}].{role}.dataset")
+            datasets[role] = (spec, spec.resolve(ref.params, f"scenarios[{i}].{role}.params"))
+        arch = registry.get("architecture", sc.architecture.name, where=f"scenarios[{i}].architecture.name")
+        if sc.pretrain.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {sc.pretrain.optimizer!r}{did_you_mean(sc.pretrain.optimizer, OPTIMIZERS)}",
+                              where=f"scenarios[{i}].pretrain.optimizer")
+        scenarios.append(ResolvedScenario(sc, datasets, (arch, arch.resolve(sc.architecture.params,
+                                                                            f"scenarios[{i}].architecture.params"))))
+    defenses = []
+    for i, entry in enumerate(experiment.defenses):
+        spec = registry.get("defense", entry.plugin, where=f"defenses[{i}].plugin")
+        defenses.append((entry.label, spec, spec.resolve(entry.params, f"defenses[{i}].params"), entry.seed))
+    attacks = _attack_configs(experiment.attacks, registry)
+    for kind in ("dataset", "architecture", "defense", "attack"):
+        specs.update({f"{kind}:{s.name}": s for s in registry.all(kind)})
+    return Resolved(experiment, scenarios, defenses, attacks, specs)
+
+
+def content_key(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def build_cells(resolved: Resolved, data_facts: dict[str, dict]) -> list[Cell]:
+    """All cells of the grid in dependency order. `data_facts[scenario]` holds fingerprints and sizes."""
+    exp = resolved.experiment
+    cells: list[Cell] = []
+    for rs in resolved.scenarios:
+        sc = rs.scenario
+        facts = data_facts[sc.name]
+        arch_spec = rs.architecture[0]
+        scenario_config = rs.config()
+        base_versions = {f"dataset:{s.name}": s.cache_version for s, _ in rs.datasets.values()}
+        base_versions[f"architecture:{arch_spec.name}"] = arch_spec.cache_version
+        common = {"scenario": scenario_config, "data": facts}
+
+        pretrain_config = {**common, "pretrain": sc.pretrain.model_dump()}
+        pretrain = Cell(content_key({"kind": "pretrain", **pretrain_config, "versions": base_versions}), "pretrain",
+                        sc.name, "original", "", sc.pretrain.seed, pretrain_config, base_versions)
+        cells.append(pretrain)
+
+        starts: dict[str, tuple[Cell | None, dict | None]] = {}
+        if "scratch" in exp.baselines:
+            starts["scratch"] = (None, None)
+        if "original" in exp.baselines:
+            starts["original"] = (pretrain, None)
+        for label, spec, params, seed in resolved.defenses:
+            versions = {**base_versions, f"defense:{spec.name}": spec.cache_version}
+            defense = {"name": label, "plugin": spec.name, "params": params}
+            config = {**common, "defense": defense, "inputs": [pretrain.key]}
+            cell = Cell(content_key({"kind": "defend", **config, "seed": seed, "versions": versions}), "defend",
+                        sc.name, f"defense:{label}", "", seed, config, versions, [pretrain.key])
+            cells.append(cell)
+            starts[f"defense:{label}"] = (cell, defense)
+
+        for start, (input_cell, defense) in starts.items():
+            for attack in resolved.attacks:
+                spec = resolved.specs[f"attack:{attack.plugin}"]
+                versions = {**(input_cell.versions if input_cell else base_versions),
+                            f"attack:{spec.name}": spec.cache_version}
+                for seed in exp.seeds:
+                    inputs = [input_cell.key] if input_cell else []
+                    config = {**common, "start": start, "defense": defense, "inputs": inputs,
+                              "attack": {"plugin": attack.plugin, "params": attack.params, "label": attack.label},
+                              "scale": _scale(sc, facts, attack), "threat": THREAT_MODEL}
+                    identity = {k: v for k, v in config.items() if k not in ("scale", "threat")}
+                    # the label is presentation: the same config under two labels is one cell
+                    identity["attack"] = {"plugin": attack.plugin, "params": attack.params}
+                    key = content_key({"kind": "attack", **identity, "seed": seed, "versions": versions})
+                    cells.append(Cell(key, "attack", sc.name, start, attack.label, seed, config, versions, inputs))
+    return cells
+
+
+def memberships(cells: list[Cell], resolved: Resolved):
+    """(key, suite, label) rows: which suites each attack cell belongs to, and as what."""
+    by_label = {a.label: a for a in resolved.attacks}
+    for cell in cells:
+        if cell.kind == "attack":
+            for suite in by_label[cell.attack].suites:
+                yield cell.key, suite, cell.attack
+
+
+def _scale(sc: Scenario, facts: dict, attack: AttackConfig) -> dict:
+    """The CPU scale a leaderboard states above its tables."""
+    return {"architecture": sc.architecture.name, "image_size": sc.image_size,
+            "original_train": facts["original_train"], "adversary_train": facts["adversary_train"],
+            "restricted_test": facts["restricted_test"], "attack_epochs": attack.params.get("epochs"),
+            "pretrain_epochs": sc.pretrain.epochs, "restricted_split": sc.restricted_split}

@@ -1,0 +1,45 @@
+"""Machine-readable outputs: leaderboard.csv (tidy, one row per start × attack × metric) and leaderboard.json
+(the same rows grouped by section, with the threat model, scale and plugins). Values are raw fractions;
+`display` is what the tables show. An empty attack means a value over the whole suite."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from harness.leaderboard import Leaderboard
+
+COLUMNS = ["scenario", "suite", "start", "attack", "metric", "unit", "measure", "n_seeds", "mean", "std", "ci_low",
+           "ci_high", "censored", "na", "display", "note", "per_seed"]
+
+
+def write_csv(board: Leaderboard, out_dir: Path) -> list[Path]:
+    path = Path(out_dir) / "leaderboard.csv"
+    table = board.table[COLUMNS].assign(per_seed=board.table.per_seed.map(lambda d: json.dumps(d, sort_keys=True)))
+    table.to_csv(path, index=False)
+    return [path]
+
+
+def write_json(board: Leaderboard, out_dir: Path) -> list[Path]:
+    path = Path(out_dir) / "leaderboard.json"
+    document = {
+        "results_dir": str(board.results_dir),
+        "generated": board.generated,
+        "metrics": [{"name": m.name, "description": m.description, "version": m.version,
+                     "distribution": m.distribution} for m in board.metrics],
+        "sections": [{"scenario": s.scenario, "suite": s.suite, "measure": s.measure, "legend": s.legend,
+                      "threat": s.threats, "scale": s.scales, "seeds": s.seeds, "starts": s.starts,
+                      "attacks": s.attack_plugins, "defenses": s.defense_plugins, "rows": _records(s.rows[COLUMNS])}
+                     for s in board.sections],
+    }
+    path.write_text(json.dumps(document, indent=1, allow_nan=False, default=str) + "\n", encoding="utf-8")
+    return [path]
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as JSON-ready dicts: NaN becomes null."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            for row in frame.to_dict("records")]

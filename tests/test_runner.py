@@ -1,0 +1,162 @@
+"""The runner: content-keyed cells, one transaction per cell, resume, failure isolation, divergence."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import types
+
+import pytest
+
+from harness import hookimpl
+from harness.cells import Runtime
+from harness.cli import main
+from harness.config import load_experiment
+from harness.plugins import registry
+from harness.runner import plan_cells, run
+from harness.store import MEASURES, SPLITS, X_UNITS, Store
+from tests.conftest import TINY_EXPERIMENT
+
+
+def run_file(path, results, **kwargs):
+    experiment = load_experiment(path)
+    runtime = Runtime(root=str(results), device="cpu", cache_dir=str(results / "cache"))
+    return run(experiment, runtime, registry(), **kwargs)
+
+
+def rows(results, query, *args):
+    with sqlite3.connect(results / "results.sqlite") as db:
+        return db.execute(query, args).fetchall()
+
+
+def test_tiny_grid_stores_curves_and_rerun_does_nothing(write_experiment, tmp_path):
+    path, results = write_experiment(), tmp_path / "results"
+    first = run_file(path, results)
+    assert first.ok and first.reused == 0 and first.statuses == {"done": 5}
+    kinds = rows(results, "SELECT kind, start, status FROM cells ORDER BY kind, start")
+    assert kinds == [("attack", "defense:none", "done"), ("attack", "original", "done"),
+                     ("attack", "scratch", "done"), ("defend", "defense:none", "done"), ("pretrain", "original", "done")]
+    for metric, x_unit in rows(results, "SELECT DISTINCT metric, x_unit FROM points"):
+        split, measure = metric.split("/")
+        assert split in SPLITS and measure in MEASURES and x_unit in X_UNITS
+    curve = rows(results, "SELECT p.x FROM points p JOIN cells c ON c.key=p.key WHERE c.start='scratch' "
+                          "AND p.metric='restricted/accuracy' AND p.x_unit='epoch' ORDER BY p.x")
+    assert [x for (x,) in curve] == [0.0, 1.0]
+    artifacts = rows(results, "SELECT a.path FROM artifacts a JOIN cells c ON c.key=a.key WHERE c.kind='pretrain'")
+    assert artifacts and artifacts[0][0].endswith(".safetensors")
+    assert rows(results, "SELECT suite, label FROM memberships") == [("custom", "sgd")] * 3
+
+    finished = rows(results, "SELECT key, finished FROM cells")
+    second = run_file(path, results)
+    assert second.reused == 5 and second.statuses == {}
+    assert rows(results, "SELECT key, finished FROM cells") == finished
+
+
+def test_same_seed_same_curve_and_shared_baselines(write_experiment, tmp_path):
+    text = TINY_EXPERIMENT.replace("defenses:\n  - {plugin: none}", "defenses:\n  - {plugin: none}\n  - {plugin: none, name: again}")
+    run_file(write_experiment(text), tmp_path / "a")
+    run_file(write_experiment(), tmp_path / "b")
+    query = "SELECT c.start, p.x_unit, p.x, p.metric, p.value FROM points p JOIN cells c ON c.key=p.key " \
+            "WHERE c.start IN ('scratch', 'original') ORDER BY c.start, p.x_unit, p.metric, p.x"
+    assert rows(tmp_path / "a", query) == rows(tmp_path / "b", query)
+    # two defenses, still one scratch and one original cell per attack config and seed
+    assert rows(tmp_path / "a", "SELECT count(*) FROM cells WHERE kind='attack' AND start IN ('scratch', 'original')") == [(2,)]
+
+
+def test_failing_cell_is_stored_and_others_continue(write_experiment, tmp_path):
+    def explode(ctx, model):
+        ctx.record_restricted(model, epoch=0, step=0)
+        raise ValueError("boom at epoch 0")
+
+    plugin = types.SimpleNamespace(register_attacks=hookimpl(lambda register: register(
+        "test-explode", description="raises", factory=explode)))
+    registry().add(plugin, name="test-explode")
+    try:
+        text = TINY_EXPERIMENT.replace("attacks:\n", "attacks:\n  - {plugin: test-explode}\n")
+        summary = run_file(write_experiment(text), tmp_path / "r")
+    finally:
+        registry().pm.unregister(plugin)
+        for kind in ("attack",):
+            registry().specs[kind].pop("test-explode", None)
+    assert len(summary.failed) == 3 and summary.statuses["done"] == 5
+    (error,) = set(rows(tmp_path / "r", "SELECT error FROM cells WHERE status='failed'"))
+    assert "ValueError: boom at epoch 0" in error[0] and "Traceback" in error[0]
+    assert rows(tmp_path / "r", "SELECT count(*) FROM points p JOIN cells c ON c.key=p.key WHERE c.status='failed'")[0][0] > 0
+
+
+def test_diverging_attack_is_a_result(write_experiment, tmp_path):
+    text = TINY_EXPERIMENT.replace("lr: 0.01", "lr: 1.0e+8")
+    summary = run_file(write_experiment(text), tmp_path / "r")
+    assert summary.statuses.get("diverged") == 3 and summary.ok
+    points = rows(tmp_path / "r", "SELECT count(*) FROM points p JOIN cells c ON c.key=p.key WHERE c.status='diverged'")
+    assert points[0][0] > 0  # the curve so far is kept
+
+
+def test_cell_keys_follow_content(write_experiment, tmp_path):
+    base = load_experiment(write_experiment())
+    runtime = Runtime(root=str(tmp_path), device="cpu", cache_dir=str(tmp_path / "cache"))
+    _, cells = plan_cells(base, runtime, registry())
+    changed = load_experiment(write_experiment(TINY_EXPERIMENT.replace("lr: 0.01", "lr: 0.02"), name="b.yaml"))
+    _, cells_b = plan_cells(changed, runtime, registry())
+    same = {c.key for c in cells} & {c.key for c in cells_b}
+    assert same == {c.key for c in cells if c.kind in ("pretrain", "defend")}
+
+
+def test_locked_results_directory_is_a_clear_error(write_experiment, tmp_path, capsys):
+    import fcntl
+
+    results = tmp_path / "r"
+    results.mkdir()
+    with open(results / ".run.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        assert main(["run", str(write_experiment()), "--results", str(results), "--quiet"]) == 2
+    assert "another `untunable run` is using this results directory" in capsys.readouterr().err
+
+
+def test_cuda_on_a_cpu_machine_is_a_clear_error(write_experiment, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["run", str(write_experiment()), "--results", str(tmp_path), "--device", "cuda", "--quiet"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+GRID = TINY_EXPERIMENT.replace("seeds: [0]", "seeds: [0, 1, 2]").replace("workers: 0", "workers: 2").replace(
+    "{epochs: 1, batch_size: 64, lr: 0.01}", "{epochs: 6, batch_size: 16, lr: [0.01, 0.02]}")
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_runs_every_cell_exactly_once(write_experiment, tmp_path):
+    """SIGKILL the runner mid-grid; the re-run finishes the grid and re-runs no finished cell."""
+    path, results = write_experiment(GRID), tmp_path / "r"
+    command = [sys.executable, "-m", "harness.cli", "run", str(path), "--results", str(results), "--quiet",
+               "--no-leaderboard"]
+    runner = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if (results / "results.sqlite").exists() and \
+                rows(results, "SELECT count(*) FROM cells WHERE kind='attack' AND status='done'")[0][0] >= 3:
+            break
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait()
+    time.sleep(1.0)  # workers die with the runner (PR_SET_PDEATHSIG)
+    before = dict(rows(results, "SELECT key, finished FROM cells WHERE status='done'"))
+    assert 0 < len(before) < 3 * 2 * 3 + 2
+    assert rows(results, "SELECT count(*) FROM cells WHERE status='running'")[0][0] >= 1
+
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    after = dict(rows(results, "SELECT key, finished FROM cells"))
+    assert set(rows(results, "SELECT DISTINCT status FROM cells")) == {("done",)}
+    assert all(after[key] == finished for key, finished in before.items())  # not run twice
+    experiment = load_experiment(path)
+    _, cells = plan_cells(experiment, Runtime(root=str(results), cache_dir=str(results / "cache")), registry())
+    assert {c.key for c in cells} == set(after)  # none missing
+    store = Store(results)
+    assert all(store.status(c.key) == "done" for c in cells)
