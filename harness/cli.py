@@ -1,4 +1,4 @@
-"""`untunable run | validate | pretrain | list | curves | leaderboard | plugins`.
+"""`untunable run | validate | pretrain | list | curves | leaderboard | plugins | plugin-check`.
 
 User errors (a bad experiment file, an unknown plugin, a missing results directory) print one line and
 exit with status 2, without a traceback; failed cells make `run` exit with status 1.
@@ -150,6 +150,19 @@ def cmd_plugins(args) -> int:
     return 0
 
 
+def cmd_plugin_check(args) -> int:
+    from harness.testing import check_plugin
+
+    kinds = [k for k in ("attack", "defense") if args.name in _registry().specs[k]]
+    if not kinds:
+        _registry().get("attack", args.name, where="plugin-check")  # raises with a did-you-mean
+    problems = check_plugin(kinds[0], args.name)
+    for problem in problems:
+        print(f"{args.name}: {problem}")
+    print(f"{args.name}: {'FAILED' if problems else 'ok (runs on a tiny CPU cell, records a curve, deterministic)'}")
+    return 1 if problems else 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="untunable", description="How well does a model protection survive attack? "
                                   "Runs every attack against every defense, next to scratch and the original.")
@@ -190,6 +203,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", help="only these attack suites (comma-separated)")
     p.add_argument("--out", help="output directory (default: the results directory)")
     p.set_defaults(func=cmd_leaderboard)
+    p = sub.add_parser("plugin-check", help="run an attack or defense on a tiny CPU cell twice; check determinism")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_plugin_check)
     p = sub.add_parser("plugins", help="list installed plugins (no torch import)")
     p.add_argument("--params", action="store_true", help="also list every parameter")
     p.set_defaults(func=cmd_plugins)

@@ -56,3 +56,33 @@ def seeded_model(ctx: CellContext, name: str = "init"):
 def same_weights(a, b) -> bool:
     sa, sb = state_tensors(a), state_tensors(b)
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def check_plugin(kind: str, name: str, params: dict | None = None, *, registry=None) -> list[str]:
+    """Run a defense or attack twice on a tiny CPU cell; return the problems found (empty = fine).
+
+    Checks that it runs, records a curve, returns a model of the same architecture, and that the same
+    seed gives the same curve and weights (what `untunable plugin-check NAME` reports).
+    """
+    from harness.plugins import registry as default_registry
+
+    reg = registry or default_registry()
+    spec = reg.get(kind, name)
+    resolved = spec.resolve(params, name)
+    runs = []
+    for _ in range(2):
+        ctx = tiny_context(resolved, registry=reg)
+        start = seeded_model(ctx)
+        model = spec.load()(ctx, start)
+        runs.append((ctx.recorder.points, model))
+    problems = []
+    (points_a, model_a), (points_b, model_b) = runs
+    if not points_a:
+        problems.append("recorded no curve point (use ctx.record_restricted / ctx.recorder.point)")
+    if points_a != points_b:
+        problems.append("the same seed gave a different curve: draw randomness from ctx.generator(...)")
+    if model_a is None or not same_weights(model_a, model_b):
+        problems.append("the same seed gave different final weights (or no model was returned)")
+    elif set(state_tensors(model_a)) != set(state_tensors(ctx.build_model())):
+        problems.append("the returned model does not have the architecture's parameter names")
+    return problems
