@@ -199,7 +199,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_curves)
     p = sub.add_parser("leaderboard", help="metrics over stored curves: terminal table and files")
     p.add_argument("results")
-    p.add_argument("--format", default="md,csv,html,json", help="comma-separated: md, csv, html, json")
+    p.add_argument("--format", default="md,csv,html,json,png", help="comma-separated: md, csv, html, json, png")
     p.add_argument("--suite", help="only these attack suites (comma-separated)")
     p.add_argument("--out", help="output directory (default: the results directory)")
     p.set_defaults(func=cmd_leaderboard)

@@ -47,10 +47,8 @@ def _section(section: Section, figures: list) -> list[str]:
     if notes:
         lines += ["Notes:", "", *[f"- {escape(where)}: {escape(note)}" for where, note in notes], ""]
     lines += ["Plugins:", ""]
-    lines += [f"- attack {escape(label)}: {escape(p['plugin'])} {escape(json.dumps(p['params'], sort_keys=True))}"
-              f" — {escape(p['description'])}" for label, p in section.attack_plugins.items()]
-    lines += [f"- {escape(start)}: {escape(p['plugin'])} {escape(json.dumps(p['params'], sort_keys=True))}"
-              f" — {escape(p['description'])}" for start, p in section.defense_plugins.items()]
+    lines += [f"- {escape(name)}: {escape(p['plugin'])} {escape(json.dumps(p['params'], sort_keys=True))}"
+              f" — {escape(p['description'])}" for name, p in section.plugins()]
     lines.append("")
     lines += [f"![{escape(f.title)}](plots/{f.name}.png)" for f in figures]
     return lines + [""]

@@ -13,6 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 from harness.leaderboard import FRACTION_MEASURES, Leaderboard, Section
 
 BASELINES = {"scratch": {"color": "0.35", "linestyle": "--", "marker": "s"},
@@ -72,9 +75,8 @@ def _slug(*parts: str) -> str:
 
 
 def _figure():
-    from matplotlib.figure import Figure
-
     figure = Figure(figsize=(5.6, 3.6), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
     return figure, figure.add_subplot()
 
 
@@ -100,6 +102,7 @@ def _curves(section: Section, attack: str, rows) -> Plot:
     title = f"{section.title} · {attack}"
     ax.set_title(_text(title), fontsize=9)
     ax.set_xlabel("attack epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(f"restricted {section.measure}" + (" (%)" if scale == 100 else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -3,12 +3,14 @@ read as console markup."""
 
 from __future__ import annotations
 
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
 from harness.leaderboard import Leaderboard, Matrix
 
 
 def render(board: Leaderboard, console) -> None:
-    from rich.text import Text
-
     for section in board.sections:
         console.rule(Text(section.title, style="bold"))
         for threat in section.threats:
@@ -16,16 +18,24 @@ def render(board: Leaderboard, console) -> None:
         for scale in section.scales:
             console.print(Text.assemble(("Scale: ", "bold"), scale))
         console.print(Text(section.legend, style="dim"))
-        console.print(_table(section.matrix(False), "over the suite"))
-        console.print(_table(section.matrix(True), "per attack"))
+        for table in (_table(section.matrix(False), "over the suite"), _table(section.matrix(True), "per attack")):
+            _print_unwrapped(console, table)
         for where, note in section.notes():
             console.print(Text(f"  {where}: {note}", style="dim"))
 
 
-def _table(matrix: Matrix, title: str):
-    from rich.table import Table
-    from rich.text import Text
+def _print_unwrapped(console, table) -> None:
+    """In a log (not a terminal) print the table at its natural width: wrapped numbers are unreadable there."""
+    width = console.width
+    if not console.is_terminal:
+        console.width = max(width, Measurement.get(console, console.options.update_width(1000), table).maximum)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
+
+def _table(matrix: Matrix, title: str) -> Table:
     table = Table(title=Text(title), title_justify="left", header_style="bold")
     for label in matrix.labels:
         table.add_column(Text(label), no_wrap=True)
@@ -36,9 +46,7 @@ def _table(matrix: Matrix, title: str):
     return table
 
 
-def _cell(record):
-    from rich.text import Text
-
+def _cell(record: dict | None) -> Text:
     if record is None:
         return Text("—", style="dim")
     style = "yellow" if record["na"] else "cyan" if record["censored"] else ""

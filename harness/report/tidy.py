@@ -35,7 +35,7 @@ def write_json(board: Leaderboard, out_dir: Path) -> list[Path]:
                       "attacks": s.attack_plugins, "defenses": s.defense_plugins, "rows": _records(s.rows[COLUMNS])}
                      for s in board.sections],
     }
-    path.write_text(json.dumps(document, indent=1, allow_nan=False, default=str) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     return [path]
 
 

@@ -1,0 +1,96 @@
+"""A constructed result store with known curves, so every leaderboard number can be checked by hand.
+
+Scenario "toy", 2 seeds, 3 epochs of 10 optimizer steps, starts scratch / original / defense:<name>.
+Attack configs "ft-sgd" and "ft-adam"; suite "paper" lists them as "sgd" and "adam", suite "optimizers"
+lists ft-sgd again as "momentum". The defense's seed-1 "sgd" cell diverged after epoch 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import harness.plugins
+import plugins.metrics
+import plugins.reporters
+from harness.store import Store
+
+SCENARIO = "toy"
+THREAT = "white-box weights; labelled adversary half of the restricted data"
+SCALE = {"epochs": 3, "width": 16, "restricted_train": 200}
+STEPS_PER_EPOCH = 10
+
+# restricted/accuracy at epochs 0..3, per (attack config, start kind, seed); "defense" stands for defense:<name>
+CURVES = {
+    ("ft-sgd", "original"): {0: [0.10, 0.60, 0.90, 0.98], 1: [0.10, 0.70, 0.90, 0.96]},
+    ("ft-sgd", "scratch"): {0: [0.10, 0.30, 0.50, 0.58], 1: [0.10, 0.20, 0.40, 0.56]},
+    ("ft-sgd", "defense"): {0: [0.10, 0.10, 0.20, 0.38], 1: [0.10, 0.16]},  # seed 1 diverged
+    ("ft-adam", "original"): {0: [0.10, 0.80, 0.90, 0.90], 1: [0.10, 0.80, 0.88, 0.90]},
+    ("ft-adam", "scratch"): {0: [0.10, 0.85, 0.89, 0.89], 1: [0.10, 0.80, 0.90, 0.91]},
+    ("ft-adam", "defense"): {0: [0.10, 0.50, 0.85, 0.92], 1: [0.10, 0.40, 0.80, 0.93]},
+}
+# original/accuracy at epoch 0; ft-adam re-initialises the head before evaluating (like initFC)
+ORIGINAL_AT_0 = {("ft-sgd", "original"): 0.90, ("ft-sgd", "defense"): {0: 0.87, 1: 0.86},
+                 ("ft-adam", "original"): 0.10, ("ft-adam", "defense"): 0.10}
+ATTACKS = {"ft-sgd": {"optimizer": "sgd_momentum", "lr": 1e-4, "epochs": 3},
+           "ft-adam": {"optimizer": "adam", "lr": 1e-3, "epochs": 3}}
+MEMBERSHIPS = [("paper", "sgd", "ft-sgd"), ("paper", "adam", "ft-adam"), ("optimizers", "momentum", "ft-sgd")]
+
+
+def build_store(root: Path, *, defense: str = "x", attack_plugin: str = "finetune") -> Path:
+    """Write the constructed grid into `root` and return it (the results directory)."""
+    store = Store(root)
+    members = []
+    for (attack, kind), per_seed in CURVES.items():
+        start = f"defense:{defense}" if kind == "defense" else kind
+        for seed, curve in per_seed.items():
+            key = f"{attack}-{kind}-{seed}"
+            o0 = ORIGINAL_AT_0.get((attack, kind), 0.10)
+            o0 = o0[seed] if isinstance(o0, dict) else o0
+            config = {"scenario": {"name": SCENARIO, "architecture": {"name": "cnn16"}},
+                      "attack": {"plugin": attack_plugin, "params": ATTACKS[attack]},
+                      "defense": {"plugin": "sophon", "params": {"loss": "ice"}} if kind == "defense" else None,
+                      "scale": SCALE, "threat": THREAT}
+            points = [(0, "epoch", "original/accuracy", o0), (len(curve) - 1, "epoch", "original/accuracy", 0.5)]
+            for epoch, accuracy in enumerate(curve):
+                for x, unit in ((epoch, "epoch"), (epoch * STEPS_PER_EPOCH, "step")):
+                    points += [(x, unit, "restricted/accuracy", accuracy), (x, unit, "restricted/loss", 2 - accuracy)]
+            _add(store, key, "attack", start, attack, seed, config, points, "done" if len(curve) == 4 else "diverged")
+            members += [(key, suite, label) for suite, label, config_id in MEMBERSHIPS if config_id == attack]
+    # cells the leaderboard must ignore: not an attack, not finished
+    _add(store, "pretrain-0", "pretrain", "original", "-", 0, {}, [(0, "epoch", "restricted/accuracy", 0.99)], "done")
+    _add(store, "failed-0", "attack", "original", "ft-sgd", 0, {}, [(3, "epoch", "restricted/accuracy", 0.01)],
+         "failed")
+    store.add_memberships(members + [("failed-0", "paper", "sgd")])
+    store.close()
+    return root
+
+
+def _add(store, key, kind, start, attack, seed, config, points, status):
+    cell = SimpleNamespace(key=key, kind=kind, scenario=SCENARIO, start=start, attack=attack, seed=seed,
+                           config=config, versions={})
+    store.mark_running(cell)
+    store.finish(key, status, points=points, error="boom" if status == "failed" else None)
+
+
+def built_in_registry(*extra) -> harness.plugins.Registry:
+    """The built-in metric and reporter plugins (plus `extra` plugin objects), without entry points."""
+    registry = harness.plugins.Registry(strict=True)
+    registry.add(plugins.metrics, name="metrics")
+    registry.add(plugins.reporters, name="reporters")
+    for index, plugin in enumerate(extra):
+        registry.add(plugin, name=f"extra{index}")
+    return registry
+
+
+def stored_points(root: Path) -> list[dict]:
+    """The raw points of finished attack cells, straight from SQLite (what a reader recomputes from)."""
+    import sqlite3
+
+    with sqlite3.connect(Path(root) / "results.sqlite") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute(
+            "SELECT c.start, c.attack, c.seed, c.config_json, m.suite, m.label, p.x, p.x_unit, p.metric, p.value "
+            "FROM points p JOIN cells c ON c.key = p.key JOIN memberships m ON m.key = c.key "
+            "WHERE c.kind = 'attack' AND c.status IN ('done', 'diverged')")]
+
