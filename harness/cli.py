@@ -13,6 +13,7 @@ from pathlib import Path
 from harness.registry import ConfigError
 
 EXIT_USAGE, EXIT_FAILED_CELLS = 2, 1
+LEADERBOARD_FORMATS = "md,csv,html,json,png"
 
 
 def _registry():
@@ -77,8 +78,11 @@ def _run(args, *, only_pretrain: bool) -> int:
 
 
 def _print_leaderboard(root, console):
-    from harness.leaderboard import print_leaderboard
-    print_leaderboard(root, console=console)
+    """The leaderboard in the terminal, and its files next to the store."""
+    from harness.leaderboard import write_leaderboard
+
+    written = write_leaderboard(root, formats=LEADERBOARD_FORMATS, console=console)
+    print(f"leaderboard: {', '.join(str(p) for p in written if p.suffix != '.png')} (+{sum(p.suffix == '.png' for p in written)} plots)")
 
 
 def _results(path: str):
@@ -181,7 +185,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run (or resume) an experiment and print its leaderboard")
     runner_options(p)
-    p.add_argument("--no-leaderboard", action="store_true", help="do not print the leaderboard at the end")
+    p.add_argument("--no-leaderboard", action="store_true", help="do not print or write the leaderboard at the end")
     p.set_defaults(func=lambda a: _run(a, only_pretrain=False))
     p = sub.add_parser("pretrain", help="train (or reuse) only the experiment's base models")
     runner_options(p)
@@ -199,7 +203,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_curves)
     p = sub.add_parser("leaderboard", help="metrics over stored curves: terminal table and files")
     p.add_argument("results")
-    p.add_argument("--format", default="md,csv,html,json,png", help="comma-separated: md, csv, html, json, png")
+    p.add_argument("--format", default=LEADERBOARD_FORMATS, help="comma-separated: md, csv, html, json, png")
     p.add_argument("--suite", help="only these attack suites (comma-separated)")
     p.add_argument("--out", help="output directory (default: the results directory)")
     p.set_defaults(func=cmd_leaderboard)
