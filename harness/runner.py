@@ -85,8 +85,6 @@ def run(experiment: Experiment, runtime: Runtime, registry, *, executor: str = "
 
 def _drive(todo, done, exe, store, registry, summary, progress) -> None:
     """Submit cells whose inputs are finished, as capacity allows, until none is left."""
-    from concurrent.futures.process import BrokenProcessPool
-
     waiting = list(todo)
     running = {}
     bad: set[str] = set()
@@ -117,8 +115,8 @@ def _drive(todo, done, exe, store, registry, summary, progress) -> None:
             cell = running.pop(future)
             try:
                 status = future.result()
-            except BrokenProcessPool:
-                status = _worker_died(store, cell)
+            except Exception as exc:  # the worker itself died: out of memory, a signal, a lost Ray node
+                status = _worker_died(store, cell, exc)
                 exe.recover()
             summary.statuses[status] = summary.statuses.get(status, 0) + 1
             if status in FINISHED:
@@ -133,11 +131,11 @@ def _drive(todo, done, exe, store, registry, summary, progress) -> None:
         progress.stop()
 
 
-def _worker_died(store: Store, cell) -> str:
-    """A worker process vanished mid-cell: record the cell as failed so the grid goes on."""
+def _worker_died(store: Store, cell, exc: Exception) -> str:
+    """A worker vanished mid-cell: record the cell as failed so the grid goes on."""
     if store.status(cell.key) != "running":
         store.mark_running(cell)
-    store.finish(cell.key, "failed", error="the worker process died (out of memory or killed) while running this cell")
+    store.finish(cell.key, "failed", error=f"the worker died while running this cell ({type(exc).__name__}: {exc})")
     return "failed"
 
 

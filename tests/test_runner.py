@@ -22,9 +22,9 @@ from harness.store import MEASURES, SPLITS, X_UNITS, Store
 from tests.conftest import TINY_EXPERIMENT
 
 
-def run_file(path, results, **kwargs):
+def run_file(path, results, threads=None, **kwargs):
     experiment = load_experiment(path)
-    runtime = Runtime(root=str(results), device="cpu", cache_dir=str(results / "cache"))
+    runtime = Runtime(root=str(results), device="cpu", cache_dir=str(results / "cache"), threads=threads)
     return run(experiment, runtime, registry(), **kwargs)
 
 
@@ -160,3 +160,14 @@ def test_resume_after_sigkill_runs_every_cell_exactly_once(write_experiment, tmp
     assert {c.key for c in cells} == set(after)  # none missing
     store = Store(results)
     assert all(store.status(c.key) == "done" for c in cells)
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_same_curves_as_local(write_experiment, tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    path = write_experiment()
+    run_file(path, tmp_path / "local", threads=1)
+    summary = run_file(path, tmp_path / "ray", threads=1, executor="ray", workers=2)
+    assert summary.ok and summary.statuses == {"done": 5}
+    query = "SELECT c.key, p.x_unit, p.x, p.metric, p.value FROM points p JOIN cells c ON c.key=p.key ORDER BY 1, 2, 4, 3"
+    assert rows(tmp_path / "ray", query) == rows(tmp_path / "local", query)
