@@ -1,7 +1,8 @@
 """Fine-tuning attacks (algorithms.md §8.1-8.4): a head strategy, then training with a recipe.
 
 `fine_tune` is the one attack loop of the package: it records the curve (restricted test metrics at epoch 0,
-after every epoch and optionally every N steps; original-domain metrics before and after), counts steps
+after every epoch and optionally every N steps; original-domain metrics at the end — the runner records them
+for the unmodified start model at epoch 0), counts steps
 and examples, and lets `Diverged` propagate so the runner stores the cell as diverged. LoRA and the adaptive
 attacks reuse it with their own trainable parameters. The defaults are SOPHON's reference protocol (§8.2):
 direct+all, SGD momentum 0.9, lr 1e-4, weight decay 1e-4, batch 200 dropping the last short batch,
@@ -137,7 +138,6 @@ def fine_tune(ctx, model, trainable: list, recipe: Recipe, *, release=None):
             ctx.record_restricted(model, epoch=epoch, step=step)
 
     ctx.record_restricted(model, epoch=0, step=0)
-    ctx.record_original(model, epoch=0)
     steps = train_epochs(model, data, optimizer, epochs=recipe.epochs, batch_size=recipe.batch_size,
                          generator=ctx.generator("batches"), schedule=schedule, precision=ctx.precision,
                          after_step=after_step, after_epoch=after_epoch,

@@ -165,6 +165,7 @@ def _run(cell: Cell, runtime: Runtime, store: Store, recorder) -> list[Path]:
         model = ctx.build_model()
         if cell.deps:
             model = _load_input(store, cell.deps[0], model)
+        ctx.record_original(model, epoch=0)  # intactness: the start as released, before any attack step
         _registry().get("attack", attack["plugin"]).load()(ctx, model)
         return []
     return [save_model(model, store.artifact_dir(cell.key) / "model.safetensors",

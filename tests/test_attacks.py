@@ -151,7 +151,7 @@ def test_curve_points_and_counters_from_a_scratch_start(strategy):
     for metric in ("restricted/accuracy", "restricted/loss"):
         assert sorted(curve(ctx, metric)) == [0, 1, 2]
         assert sorted(curve(ctx, metric, "step")) == [0, STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
-    assert sorted(curve(ctx, "original/accuracy")) == [0, 2]
+    assert sorted(curve(ctx, "original/accuracy")) == [2]  # epoch 0 is the runner's, before the strategy
     assert all(0 <= acc <= 1 for acc in curve(ctx).values())
     assert ctx.recorder.notes["steps"] == 2 * STEPS_PER_EPOCH
     assert ctx.recorder.notes["examples_seen"] == 2 * STEPS_PER_EPOCH * BATCH
@@ -176,7 +176,7 @@ def test_a_diverging_lr_raises_diverged_with_the_epoch_0_points():
     ctx, model, run = attack_cell("finetune", lr=1e6, epochs=3)
     with pytest.raises(Diverged):
         run(ctx, model)
-    assert 0 in curve(ctx) and 0 in curve(ctx, "original/accuracy")
+    assert 0 in curve(ctx)
     assert 3 not in curve(ctx)
     assert 0 < ctx.recorder.notes["steps"] < 3 * STEPS_PER_EPOCH
 
