@@ -22,10 +22,11 @@ test-slow: setup data
 	@$(PYTEST) -q -m slow -k "$(SLOW)"; rc=$$?; if [ $$rc -eq 5 ]; then echo "make test-slow: no tests selected" >&2; exit 1; fi; exit $$rc
 SLOW ?= resume or ray_executor or demo_effect
 
-# The CI leaderboard: real cells, written to runs/ci.
+# The CI leaderboard: real cells, written to runs/ci, then checked against the store.
 ci-leaderboard: setup data
-	$(UNTUNABLE) run configs/ci.yaml --quiet
-	$(UNTUNABLE) leaderboard runs/ci --format md,csv,html,json
+	$(UNTUNABLE) run configs/ci.yaml --quiet --no-leaderboard
+	$(UNTUNABLE) leaderboard runs/ci
+	UNTUNABLE_CI_RESULTS=runs/ci $(PYTEST) -q tests/test_ci_leaderboard.py
 
 bench: setup data
 	$(PYTEST) benchmarks -o addopts="" -q --benchmark-columns=min,mean,max,rounds

@@ -1,0 +1,58 @@
+"""The CI leaderboard (configs/ci.yaml, real cells) against the store it was computed from.
+
+.ci/run runs this after `make ci-leaderboard`, with UNTUNABLE_CI_RESULTS=runs/ci; elsewhere it is skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sqlite3
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from tests.leaderboard_fixtures import stored_points
+
+RESULTS = os.environ.get("UNTUNABLE_CI_RESULTS")
+pytestmark = [pytest.mark.ci_results,
+              pytest.mark.skipif(not RESULTS, reason="set UNTUNABLE_CI_RESULTS to a results directory (CI does)")]
+
+
+@pytest.fixture(scope="module")
+def root() -> Path:
+    return Path(RESULTS)
+
+
+def test_every_planned_cell_finished(root):
+    with sqlite3.connect(root / "results.sqlite") as db:
+        statuses = dict(db.execute("SELECT status, count(*) FROM cells GROUP BY status").fetchall())
+        starts = {s for (s,) in db.execute("SELECT DISTINCT start FROM cells WHERE kind='attack'")}
+    assert set(statuses) <= {"done", "diverged"} and sum(statuses.values()) >= 44
+    assert {"scratch", "original"} <= starts and sum(s.startswith("defense:") for s in starts) >= 3
+
+
+def test_leaderboard_files_match_the_store(root):
+    rows = list(csv.DictReader((root / "leaderboard.csv").open(encoding="utf-8")))
+    written = {(r["suite"], r["start"], r["attack"], r["metric"]): r for r in rows}
+    curves = defaultdict(dict)
+    for p in stored_points(root):
+        if p["x_unit"] == "epoch" and p["metric"] == "restricted/accuracy":
+            curves[(p["suite"], p["label"], p["start"], p["seed"])][p["x"]] = p["value"]
+    assert len(curves) >= 40
+    by_config = defaultdict(list)
+    for (suite, label, start, _seed), curve in curves.items():
+        for t in sorted(curve):
+            by_config[(suite, start, label, f"score@{t:g}")].append(curve[t])
+    for key, values in by_config.items():
+        assert float(written[key]["mean"]) == pytest.approx(sum(values) / len(values)), key
+    document = json.loads((root / "leaderboard.json").read_text())
+    assert document["sections"] and all(section["rows"] for section in document["sections"])
+    markdown = (root / "leaderboard.md").read_text()
+    assert "Threat model" in markdown and "defense:sophon-ice" in markdown
+    page = (root / "leaderboard.html").read_text()
+    assert "<table" in page and "data:image/png;base64," in page
+    plots = list((root / "plots").glob("*.png"))
+    assert plots and all(p.read_bytes()[:4] == b"\x89PNG" for p in plots)
