@@ -35,7 +35,8 @@ def hand_mmd(source, target) -> float:
 @pytest.fixture
 def batch():
     gen = torch.Generator().manual_seed(0)
-    tensors = [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in ((4, 3), (4, 3), (4, 2, 3), (4, 2, 3))]
+    shapes = ((4, 3), (4, 3), (4, 2, 3), (4, 2, 3))
+    tensors = [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in shapes]
     labels = torch.tensor([0, 1, 2, 1]), torch.tensor([2, 2, 0, 1])
     return tensors[0], labels[0], tensors[1].requires_grad_(True), labels[1], tensors[2], tensors[3]
 

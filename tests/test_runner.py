@@ -171,3 +171,12 @@ def test_ray_executor_gives_the_same_curves_as_local(write_experiment, tmp_path)
     assert summary.ok and summary.statuses == {"done": 5}
     query = "SELECT c.key, p.x_unit, p.x, p.metric, p.value FROM points p JOIN cells c ON c.key=p.key ORDER BY 1, 2, 4, 3"
     assert rows(tmp_path / "ray", query) == rows(tmp_path / "local", query)
+
+
+def test_pretrain_alone_then_the_grid_reuses_it(write_experiment, tmp_path, capsys):
+    path, results = write_experiment(), tmp_path / "r"
+    assert main(["pretrain", str(path), "--results", str(results), "--quiet"]) == 0
+    assert "base model(s): ready" in capsys.readouterr().out
+    assert rows(results, "SELECT kind, status FROM cells") == [("pretrain", "done")]
+    summary = run_file(path, results)
+    assert summary.reused == 1 and summary.statuses == {"done": 4}

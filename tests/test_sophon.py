@@ -184,7 +184,8 @@ def test_reference_defaults_per_loss():
     klu = {p.name: p.default for p in registry().get("defense", "sophon-klu").params}
     assert [ice[k] for k in ("alpha", "beta", "ml_loop", "nl_loop", "fts_head_reinit")] == [3.0, 5.0, 1, 1, True]
     assert [klu[k] for k in ("alpha", "beta", "ml_loop", "nl_loop", "fts_head_reinit")] == [1.0, 1.0, 1, 5, False]
-    assert (ice["total_loop"], ice["adaptation_steps"], ice["batch_size"], ice["guard_threshold"]) == (1000, 50, 150, 80.0)
+    reference = (ice["total_loop"], ice["adaptation_steps"], ice["batch_size"], ice["guard_threshold"])
+    assert reference == (1000, 50, 150, 80.0)
     assert "ice_variant" in ice and "ice_variant" not in klu
 
 

@@ -1,0 +1,515 @@
+"""SOPHON for classifiers, ICE and KLU (algorithms.md §2): make a released model hard to fine-tune on one domain.
+
+Each outer iteration alternates fine-tuning suppression (FTS: simulate an attacker fine-tuning θ on the
+defender half of the restricted data, then move θ so that the simulated result does badly) with normal
+training reinforcement (NTR: cross-entropy on the original domain), then checks an accuracy guard that
+rolls a bad iteration back. The simulation is first-order MAML, accumulated one query graph at a time.
+
+Whether the defender sees half or all of the restricted training set is the scenario's `restricted_split`
+(the runner hands this plugin only R_def). torch is imported inside functions so listing plugins stays light.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from harness import Param, hookimpl
+from harness.registry import ConfigError, PluginSpec
+
+INNER_OPTIMIZERS = ("sgd", "momentum", "adam")
+HEAD_MODES = ("initFC", "direct")
+VAL_FRACTION = 0.1  # O_val = 10% of O_train when guard_split is original_val (algorithms.md §1.2)
+PROBE_WEIGHT_DECAY = 1e-4
+
+
+# -- query losses (§2.1): minimised by FTS, each bounded so the suppression converges ----------------
+
+def ice_negated_logits(logits, labels):
+    """ICE as the reference codes it: CE on (1 − z) = −log softmax(−z)_y; the true class becomes least likely."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(1 - logits, labels)
+
+
+def ice_log_one_minus_p(logits, labels):
+    """ICE as the paper writes it, −log(1 − p_y), computed stably as logsumexp(z) − logsumexp_{j≠y}(z)."""
+    import torch
+
+    true_class = torch.nn.functional.one_hot(labels, logits.shape[1]).bool()
+    others = logits.masked_fill(true_class, float("-inf"))
+    return (torch.logsumexp(logits, dim=1) - torch.logsumexp(others, dim=1)).mean()
+
+
+def kl_from_uniform(logits, labels=None):
+    """KLU: mean over the batch of KL(u ‖ p) with u = 1/C, via log_softmax (no NaN when p underflows)."""
+    import torch.nn.functional as F
+
+    return -math.log(logits.shape[1]) - F.log_softmax(logits, dim=1).mean()
+
+
+ICE_VARIANTS = {"negated-logits": ice_negated_logits, "log-one-minus-p": ice_log_one_minus_p}
+
+
+# -- simulated environments (§2.4) ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Environment:
+    """One simulated attacker: inner optimizer and lr, batch size, number of steps, head mode, weight γ."""
+
+    optimizer: str
+    lr: float
+    batch_size: int
+    steps: int
+    head_mode: str
+    weight: float
+
+
+def environment_fields(params: dict) -> tuple[Param, ...]:
+    """The schema of one `environments` entry; omitted keys fall back to the defense's scalar parameters."""
+    defaults = {"optimizer": "sgd", "lr": params["inner_lr"], "batch_size": params["batch_size"],
+                "steps": params["adaptation_steps"], "weight": 1.0,
+                "head_mode": "initFC" if params["fts_head_reinit"] else "direct"}
+    schema = (Param("optimizer", "str", "", choices=INNER_OPTIMIZERS), Param("lr", "float", 0.0, min=0.0),
+              Param("batch_size", "int", 0, min=12), Param("steps", "int", 0, min=1),
+              Param("head_mode", "str", "", choices=HEAD_MODES), Param("weight", "float", 0.0, min=0.0))
+    return tuple(dataclasses.replace(field, default=defaults[field.name]) for field in schema)
+
+
+def parse_environments(params: dict) -> list[Environment]:
+    """`environments` (a list of dicts, or None for the reference's single environment) as checked objects."""
+    entries = params["environments"] or [{}]
+    schema = PluginSpec(kind="defense", name="environment", description="one simulated attacker",
+                        params=environment_fields(params))
+    environments = []
+    for i, entry in enumerate(entries):
+        where = f"params.environments[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"expected a mapping, got {type(entry).__name__}", where=where)
+        environment = Environment(**schema.resolve(entry, where))
+        if environment.weight <= 0:
+            raise ConfigError("weight must be positive", where=f"{where}.weight")
+        environments.append(environment)
+    return environments
+
+
+def step_weights(steps: int, reduce: str, rule: str) -> list[float]:
+    """w_k per inner step: `uniform` counts every step, `last:<m>` only the last m; mean divides by the count."""
+    if rule == "uniform":
+        counted = steps
+    else:
+        kind, _, count = rule.partition(":")
+        if kind != "last" or not count.isdigit() or int(count) < 1:
+            raise ConfigError(f"expected 'uniform' or 'last:<m>' with m ≥ 1, got {rule!r}",
+                              where="params.step_weights")
+        counted = min(int(count), steps)
+    weight = 1.0 / counted if reduce == "mean" else 1.0
+    return [0.0] * (steps - counted) + [weight] * counted
+
+
+def support_size(batch: int) -> int:
+    """The reference's support set: ⌊0.9·B/10⌋·10 images (130 of 150); the rest is the query set."""
+    return int(batch * 0.9 / 10) * 10
+
+
+def restricted_batches(data, stream, steps: int, generator):
+    """Exactly `steps` (support x, y, query x, y) tuples from a cycling batch stream, split at random."""
+    import torch
+
+    for _ in range(steps):
+        index = next(stream).to(data.y.device)
+        order = torch.randperm(len(index), generator=generator).to(data.y.device)
+        cut = support_size(len(index))
+        if cut < 1 or cut >= len(index):
+            raise ConfigError(f"a batch of {len(index)} leaves no support or no query set; use at least 12 images")
+        support, query = index[order[:cut]], index[order[cut:]]
+        yield data.x[support], data.y[support], data.x[query], data.y[query]
+
+
+def cycling_batches(n: int, batch_size: int, generator, drop_last: bool):
+    """Shuffled index batches forever, reshuffled at every wrap (never a dropped batch at the wrap)."""
+    from harness.engine.data import batch_indices
+
+    while True:
+        yield from batch_indices(n, batch_size, generator, drop_last)
+
+
+# -- the FTS meta-gradient (§2.3) ----------------------------------------------------------------------
+
+@dataclass
+class MetaGradient:
+    grads: dict  # parameter name -> tensor shaped like θ
+    query_loss: float
+    query_accuracy: float
+
+
+def inner_optimizer(name: str, tensors: list, lr: float):
+    """The simulated attacker's optimizer over the fast weights (its state lives and dies with one FTS)."""
+    import torch
+
+    if name == "adam":
+        return torch.optim.Adam(tensors, lr=lr)
+    return torch.optim.SGD(tensors, lr=lr, momentum=0.9 if name == "momentum" else 0.0)
+
+
+def reinit_fast_head(model, fast: dict, generator) -> None:
+    """Xavier-uniform weight and zero bias on the fast copy of the head (the initFC attacker)."""
+    from harness.engine.models import xavier_reinit_
+
+    prefix = model.head_path
+    xavier_reinit_(SimpleNamespace(weight=fast[f"{prefix}.weight"], bias=fast.get(f"{prefix}.bias")), generator)
+
+
+def fts_meta_gradient(model, batches, environment: Environment, query_loss, weights: list[float], *,
+                      head_generator=None, autocast=None) -> MetaGradient:
+    """G = Σ_k w_k ∇ℓ_k(φ_k) by first-order MAML, keeping one graph alive at a time.
+
+    φ are detached leaves updated in place by the inner optimizer; the model's own parameters and BN
+    buffers are never touched (BN statistics go to a private copy). Because the inner gradients are
+    constants, ∂φ_k/∂θ = I and the sum equals the reference's single backward through all query graphs.
+    The head gradient is taken at the re-initialised head and passed through to the real head.
+    """
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call
+
+    fast = {name: p.detach().clone().requires_grad_(True) for name, p in model.named_parameters()}
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    if environment.head_mode == "initFC":
+        reinit_fast_head(model, fast, head_generator)
+    tensors = list(fast.values())
+    optimizer = inner_optimizer(environment.optimizer, tensors, environment.lr)
+    total = [torch.zeros_like(t) for t in tensors]
+    loss_sum, correct, seen = 0.0, 0, 0
+
+    def forward(x):
+        with autocast() if autocast else contextlib.nullcontext():
+            return functional_call(model, (fast, buffers), (x,)).float()
+
+    for weight, (support_x, support_y, query_x, query_y) in zip(weights, batches):
+        inner_grads = torch.autograd.grad(F.cross_entropy(forward(support_x), support_y), tensors)
+        for tensor, grad in zip(tensors, inner_grads):
+            tensor.grad = grad
+        optimizer.step()
+        if weight == 0.0:
+            continue
+        logits = forward(query_x)
+        loss = query_loss(logits, query_y)
+        for acc, grad in zip(total, torch.autograd.grad(weight * loss, tensors)):
+            acc.add_(grad)
+        loss_sum += loss.item()
+        correct += (logits.argmax(dim=1) == query_y).sum().item()
+        seen += len(query_y)
+    counted = sum(1 for w in weights if w)
+    return MetaGradient(dict(zip(fast, total)), loss_sum / max(1, counted), correct / max(1, seen))
+
+
+# -- the outer loop (§2.2) -------------------------------------------------------------------------------
+
+def outer_optimizers(model, params: dict):
+    """((FTS optimizer, gradient scale), (NTR optimizer, gradient scale)).
+
+    `two_adam` [ref]: two Adams on the same θ with their own moments, lr α·lr0 and β·lr0.
+    `weighted_single`: one Adam at lr0 stepping α·G and β·∇CE (not equivalent: shared moments).
+    """
+    import torch
+
+    parameters, lr0 = list(model.parameters()), params["lr0"]
+    if params["outer_optim"] == "two_adam":
+        return ((torch.optim.Adam(parameters, lr=params["alpha"] * lr0), 1.0),
+                (torch.optim.Adam(parameters, lr=params["beta"] * lr0), 1.0))
+    shared = torch.optim.Adam(parameters, lr=lr0)
+    return (shared, params["alpha"]), (shared, params["beta"])
+
+
+class Sophon:
+    """The SOPHON training state for one defense cell: optimizers, batch streams, generators and guard data."""
+
+    def __init__(self, ctx, model, query_loss):
+        from harness.engine.data import stratified_split
+        from harness.engine.models import head_parameter_names
+
+        self.ctx, self.model, self.params, self.query_loss = ctx, model, ctx.params, query_loss
+        p = self.params
+        self.environments = parse_environments(p)
+        self.weights = {env: step_weights(env.steps, p["meta_grad_reduce"], p["step_weights"])
+                        for env in self.environments}
+        (self.fts_optimizer, self.fts_scale), (self.ntr_optimizer, self.ntr_scale) = outer_optimizers(model, p)
+        self.optimizers = list({id(o): o for o in (self.fts_optimizer, self.ntr_optimizer)}.values())
+        self.restricted = ctx.restricted_train
+        self.original, self.guard_split = ctx.original_train, ctx.original_test
+        if p["guard_split"] == "original_val":
+            val, rest = stratified_split(ctx.original_train.y, VAL_FRACTION, seed=0)
+            self.original, self.guard_split = ctx.original_train.subset(rest), ctx.original_train.subset(val)
+        self.ntr_stream = cycling_batches(len(self.original), p["ntr_batch_size"], ctx.generator("ntr/batches"),
+                                          drop_last=False)
+        self.fts_streams = {}
+        self.split_generator = ctx.generator("fts/support-query")
+        self.head_generator = ctx.generator("fts/head-init")
+        self.environment_generator = ctx.generator("fts/environment")
+        self.head_names = head_parameter_names(model)
+        self.last_fts = None
+
+    def fts_stream(self, batch_size: int):
+        if batch_size not in self.fts_streams:
+            self.fts_streams[batch_size] = cycling_batches(len(self.restricted), batch_size,
+                                                           self.ctx.generator(f"fts/batches/{batch_size}"),
+                                                           drop_last=True)
+        return self.fts_streams[batch_size]
+
+    def chosen_environments(self) -> list[Environment]:
+        import torch
+
+        if self.params["environment_sampling"] == "all":
+            return self.environments
+        pick = torch.randint(len(self.environments), (1,), generator=self.environment_generator).item()
+        return [self.environments[pick]]
+
+    def meta_gradient(self) -> dict:
+        """G for this FTS call: one environment's, or the γ-weighted mean over all of them."""
+        chosen = self.chosen_environments()
+        total_weight = sum(env.weight for env in chosen)
+        combined = None
+        for env in chosen:
+            batches = restricted_batches(self.restricted, self.fts_stream(env.batch_size), env.steps,
+                                         self.split_generator)
+            result = fts_meta_gradient(self.model, batches, env, self.query_loss, self.weights[env],
+                                       head_generator=self.head_generator, autocast=self.ctx.autocast)
+            self.last_fts = result
+            scaled = {name: g.mul_(env.weight / total_weight) for name, g in result.grads.items()}
+            combined = scaled if combined is None else {n: combined[n].add_(scaled[n]) for n in combined}
+        return combined
+
+    def suppress(self) -> None:
+        """One FTS step: meta-gradient, optional head drop, clip to `meta_grad_clip`, FTS optimizer step."""
+        import torch
+
+        from harness.engine.train import Diverged
+
+        grads = self.meta_gradient()
+        if self.params["fts_head_grad"] == "drop":
+            for name in self.head_names:
+                grads[name].zero_()
+        self.fts_optimizer.zero_grad(set_to_none=True)
+        for name, parameter in self.model.named_parameters():
+            parameter.grad = grads[name]
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.params["meta_grad_clip"])
+        if not torch.isfinite(norm):
+            raise Diverged(f"non-finite FTS meta-gradient (norm {norm.item()})")
+        self.step(self.fts_optimizer, self.fts_scale)
+
+    def reinforce(self) -> None:
+        """One NTR step: cross-entropy on an original-domain batch, in train mode (BN stats update here)."""
+        import torch
+        import torch.nn.functional as F
+
+        from harness.engine.train import Diverged
+
+        index = next(self.ntr_stream).to(self.original.y.device)
+        self.ntr_optimizer.zero_grad(set_to_none=True)
+        with self.ctx.autocast():
+            loss = F.cross_entropy(self.model(self.original.x[index]).float(), self.original.y[index])
+        if not torch.isfinite(loss):
+            raise Diverged(f"non-finite NTR loss {loss.item()}")
+        loss.backward()
+        self.step(self.ntr_optimizer, self.ntr_scale)
+
+    def step(self, optimizer, scale: float) -> None:
+        if scale != 1.0:
+            for parameter in self.model.parameters():
+                parameter.grad.mul_(scale)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def guard_accuracy(self) -> float:
+        return self.ctx.evaluate(self.model, self.guard_split)[0]
+
+    def snapshot(self) -> dict:
+        """θ and the BN buffers (and, for `skip`, both optimizer states) to roll a guard window back to."""
+        state = {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
+        if self.params["guard_action"] == "skip":
+            state["optimizers"] = [copy.deepcopy(o.state_dict()) for o in self.optimizers]
+        return state
+
+    def restore(self, snapshot: dict) -> None:
+        self.model.load_state_dict(snapshot["model"])
+        for optimizer, state in zip(self.optimizers, snapshot.get("optimizers", ())):
+            optimizer.load_state_dict(state)
+
+    def buffers(self) -> dict:
+        return {name: b.detach().clone() for name, b in self.model.named_buffers()}
+
+    def load_buffers(self, buffers: dict) -> None:
+        import torch
+
+        with torch.no_grad():
+            for name, buffer in self.model.named_buffers():
+                buffer.copy_(buffers[name])
+
+    def probe(self, step: int) -> float:
+        """A short fine-tune of a copy on R_def (§2.6); RNG state is forked so the defense is unaffected."""
+        import torch
+
+        from harness.engine.train import Diverged, make_optimizer, train_epochs
+
+        p, ctx = self.params, self.ctx
+        train, held_out = self.probe_data()
+        devices = [ctx.device] if ctx.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            trial = copy.deepcopy(self.model)
+            optimizer = make_optimizer("sgd_momentum", trial.parameters(), p["probe_lr"], PROBE_WEIGHT_DECAY)
+            try:
+                train_epochs(trial, train, optimizer, epochs=p["probe_epochs"], batch_size=p["probe_batch_size"],
+                             generator=ctx.generator(f"probe/{step}"), precision=ctx.precision)
+            except Diverged:
+                pass  # a diverging probe is a (very low) probe accuracy, not a failed defense
+            accuracy = ctx.evaluate(trial, held_out)[0]
+        ctx.recorder.point(step, "step", "restricted/probe_accuracy", accuracy)
+        return accuracy
+
+    def probe_data(self):
+        """(probe training data, probe evaluation data): 90/10 of R_def, or all of R_def and R_test [ref]."""
+        from harness.engine.data import stratified_split
+
+        if self.params["probe_eval"] == "restricted_test":
+            return self.restricted, self.ctx.restricted_test
+        held_out, rest = stratified_split(self.restricted.y, VAL_FRACTION, seed=0)
+        return self.restricted.subset(rest), self.restricted.subset(held_out)
+
+    def record_guard(self, x: float, accuracy: float) -> None:
+        """The guard value is the original-domain curve when the guard reads O_test (it costs nothing extra)."""
+        if self.params["guard_split"] == "original_test":
+            self.ctx.recorder.point(x, "step", "original/accuracy", accuracy)
+
+    def iterate(self, i: int) -> None:
+        """ml_loop FTS steps, then nl_loop NTR steps (evaluating the guard split after all but the last, if asked)."""
+        p = self.params
+        for _ in range(p["ml_loop"]):
+            self.suppress()
+        for k in range(1, p["nl_loop"] + 1):
+            self.reinforce()
+            if p["ntr_eval_every_step"] and k < p["nl_loop"]:
+                self.record_guard(i - 1 + k / p["nl_loop"], self.guard_accuracy())
+
+    def run(self):
+        """The outer loop with backups, the guard every `guard_every` iterations and probes; returns the release."""
+        p, ctx = self.params, self.ctx
+        every, total = p["guard_every"], p["total_loop"]
+        self.model.train()
+        if p["probe_every"]:
+            self.probe(0)
+        rollbacks, stopped, released_at, backup_at, last_bn = 0, False, 0, 0, None
+        for i in range(1, total + 1):
+            if (i - 1) % every == 0:
+                backup, backup_at = self.snapshot(), i - 1
+            last_bn = self.buffers()  # the reference re-applies these at the end (final_bn_restore)
+            self.iterate(i)
+            released_at = i
+            if i % every == 0 or i == total:
+                accuracy = self.guard_accuracy()
+                failed = accuracy * 100 <= p["guard_threshold"]
+                stopped = failed and p["guard_action"] == "stop"
+                if i < total and not stopped:  # the last point is the released model's, recorded below
+                    self.record_guard(i, accuracy)
+                if failed:
+                    self.restore(backup)
+                    rollbacks, last_bn = rollbacks + 1, None  # the restored state predates any NTR step
+                    ctx.log(f"iteration {i}: guard accuracy {accuracy:.3f} ≤ {p['guard_threshold']}%: "
+                            f"back to iteration {backup_at}")
+                if stopped:
+                    released_at = backup_at
+                    break
+            if p["probe_every"] and i % p["probe_every"] == 0:
+                probe = self.probe(i)
+                ctx.log(f"iteration {i}: probe {probe:.3f}, query accuracy {self.last_fts.query_accuracy:.3f}, "
+                        f"query loss {self.last_fts.query_loss:.3f}")
+        if p["final_bn_restore"] and last_bn is not None:
+            self.load_buffers(last_bn)
+        ctx.recorder.notes["sophon"] = {"iterations": released_at, "guard_rollbacks": rollbacks,
+                                        "stopped_by_guard": stopped}
+        record_release(ctx, self.model, released_at)
+        return self.model
+
+
+def record_release(ctx, model, step: int) -> None:
+    """The released model's original and restricted test metrics, at epoch 0 (as `none` does) and at `step`."""
+    original = ctx.record_original(model, epoch=0)
+    ctx.recorder.point(step, "step", "original/accuracy", original)
+    ctx.record_restricted(model, epoch=0, step=step)
+
+
+def train_ice(ctx, model):
+    """SOPHON with the inverse cross-entropy query loss (`ice_variant`)."""
+    return Sophon(ctx, model, ICE_VARIANTS[ctx.params["ice_variant"]]).run()
+
+
+def train_klu(ctx, model):
+    """SOPHON with the KL-from-uniform query loss (label-free)."""
+    return Sophon(ctx, model, kl_from_uniform).run()
+
+
+# -- registration ----------------------------------------------------------------------------------------
+
+def sophon_params(*, alpha: float, beta: float, nl_loop: int, head_reinit: bool) -> list[Param]:
+    """The shared schema; the four arguments are the README defaults that differ between ICE and KLU (§2.5)."""
+    return [
+        Param("total_loop", "int", 1000, min=1, help="outer iterations [ref 1000]"),
+        Param("alpha", "float", alpha, min=0.0, help="FTS Adam lr = alpha * lr0 (a learning-rate multiplier)"),
+        Param("beta", "float", beta, min=0.0, help="NTR Adam lr = beta * lr0"),
+        Param("lr0", "float", 1e-4, min=0.0, help="base learning rate of both outer optimizers [ref]"),
+        Param("ml_loop", "int", 1, min=0, help="FTS steps per outer iteration"),
+        Param("nl_loop", "int", nl_loop, min=0, help="NTR steps per outer iteration"),
+        Param("adaptation_steps", "int", 50, min=1, help="K, inner fine-tuning steps per simulation [ref]"),
+        Param("inner_lr", "float", 1e-4, min=0.0, help="inner (simulated attacker) lr [ref]"),
+        Param("batch_size", "int", 150, min=12,
+              help="FTS batch on R_def: support ⌊0.9B/10⌋·10, query the rest [ref]"),
+        Param("ntr_batch_size", "int", 150, min=1, help="NTR batch on O_train [ref]"),
+        Param("meta_grad_clip", "float", 0.5, min=0.0, help="global-norm clip of the FTS meta-gradient [ref]"),
+        Param("meta_grad_reduce", "str", "mean", choices=("mean", "sum"), help="mean [ref] or sum of query gradients"),
+        Param("step_weights", "str", "uniform", help="'uniform' [ref] or 'last:<m>' (only the last m inner steps)"),
+        Param("fts_head_reinit", "bool", head_reinit, help="re-initialise the head in each simulation (initFC)"),
+        Param("fts_head_grad", "str", "passthrough", choices=("passthrough", "drop"),
+              help="passthrough [ref]: the head gradient at the re-initialised head updates the real head"),
+        Param("environments", "list", None, nullable=True,
+              help="simulated attackers [{optimizer, lr, batch_size, steps, head_mode, weight}]; null = the "
+                   "reference's single one from the scalar parameters"),
+        Param("environment_sampling", "str", "one_per_fts", choices=("one_per_fts", "all"),
+              help="one uniform draw per FTS call, or the weight-averaged meta-gradient over all"),
+        Param("outer_optim", "str", "two_adam", choices=("two_adam", "weighted_single"),
+              help="two Adam states [ref] or one Adam on alpha*G and beta*grad(CE)"),
+        Param("guard_threshold", "float", 80.0, min=0.0, max=100.0,
+              help="roll back when the guard accuracy (%) is at or below this [ref 80]"),
+        Param("guard_every", "int", 1, min=1,
+              help="check the guard every this many iterations, rolling back to the window's start [ref 1]"),
+        Param("guard_action", "str", "stop", choices=("stop", "skip"),
+              help="stop [ref]: restore and end; skip: restore model and optimizer states, continue"),
+        Param("guard_split", "str", "original_test", choices=("original_test", "original_val"),
+              help="original_test [ref] or a 10% slice held out of O_train"),
+        Param("ntr_eval_every_step", "bool", False,
+              help="also evaluate (and record) the guard split after every NTR step, as the reference logs"),
+        Param("final_bn_restore", "bool", True,
+              help="release with the BN statistics from before the last iteration's NTR steps [ref]"),
+        Param("probe_every", "int", 10, min=0, help="probe every this many iterations (0: never) [ref 10]"),
+        Param("probe_epochs", "int", 1, min=1, help="epochs of each probe fine-tune [ref 1]"),
+        Param("probe_eval", "str", "defender_slice", choices=("defender_slice", "restricted_test"),
+              help="probe accuracy on a 10% held-out R_def slice, or on R_test as the reference logs"),
+        Param("probe_lr", "float", 1e-4, min=0.0, help="probe SGD lr (momentum 0.9, wd 1e-4) [ref]"),
+        Param("probe_batch_size", "int", 256, min=1, help="probe batch [ref]"),
+    ]
+
+
+@hookimpl
+def register_defenses(register):
+    ice_variant = Param("ice_variant", "str", "negated-logits", choices=tuple(ICE_VARIANTS),
+                        help="negated-logits [ref code] or log-one-minus-p [paper formula]")
+    register("sophon-ice", factory="defenses.sophon:train_ice", version="1",
+             description="SOPHON with inverse cross-entropy: simulated fine-tuning suppression + normal training",
+             params=[*sophon_params(alpha=3.0, beta=5.0, nl_loop=1, head_reinit=True), ice_variant])
+    register("sophon-klu", factory="defenses.sophon:train_klu", version="1",
+             description="SOPHON with KL-from-uniform: label-free fine-tuning suppression + normal training",
+             params=sophon_params(alpha=1.0, beta=1.0, nl_loop=5, head_reinit=False))
