@@ -32,6 +32,7 @@ from torch.func import functional_call
 
 from defenses import sophon
 from harness.engine.context import CellContext, Recorder
+from harness.engine.data import cycling_batches
 from harness.engine.models import build_model
 from harness.plugins import registry
 from harness.testing import synthetic_split
@@ -69,9 +70,9 @@ class ReferenceStyle:
         self.ctx, self.model, self.params, self.query_loss = ctx, model, p, query_loss
         self.fts = torch.optim.Adam(model.parameters(), lr=p["alpha"] * p["lr0"])
         self.ntr = torch.optim.Adam(model.parameters(), lr=p["beta"] * p["lr0"])
-        self.fts_stream = sophon.cycling_batches(len(ctx.restricted_train), p["batch_size"],
+        self.fts_stream = cycling_batches(len(ctx.restricted_train), p["batch_size"],
                                                  ctx.generator("fts/batches/150"), drop_last=True)
-        self.ntr_stream = sophon.cycling_batches(len(ctx.original_train), p["ntr_batch_size"],
+        self.ntr_stream = cycling_batches(len(ctx.original_train), p["ntr_batch_size"],
                                                  ctx.generator("ntr/batches"), drop_last=False)
         self.split_generator = ctx.generator("fts/support-query")
         self.head_generator = ctx.generator("fts/head-init")

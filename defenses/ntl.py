@@ -80,7 +80,7 @@ class FeatureTap:
 
 def paired_batches(ctx, batch_size: int):
     """Equal-size (source, target) index batches; an epoch is one pass over the larger set, the other cycles."""
-    from defenses.sophon import cycling_batches
+    from harness.engine.data import cycling_batches
 
     source_n, target_n = len(ctx.original_train), len(ctx.restricted_train)
     source = cycling_batches(source_n, batch_size, ctx.generator("ntl/source"), drop_last=True)
@@ -101,7 +101,6 @@ def train_ntl(ctx, model):
     """Train on paired batches, record per-epoch test curves, and return the model to release."""
     import torch
 
-    from defenses.sophon import record_release
     from harness.engine.train import Diverged
 
     p = ctx.params
@@ -134,7 +133,7 @@ def train_ntl(ctx, model):
             ctx.log(f"epoch {epoch}: loss {loss.item():.4f} " + " ".join(f"{k} {v:.4f}" for k, v in parts.items()))
     finally:
         tap.close()
-    record_release(ctx, model, step)
+    ctx.record_release(model, step=step)
     return model
 
 

@@ -129,14 +129,6 @@ def restricted_batches(data, stream, steps: int, generator):
         yield data.x[support], data.y[support], data.x[query], data.y[query]
 
 
-def cycling_batches(n: int, batch_size: int, generator, drop_last: bool):
-    """Shuffled index batches forever, reshuffled at every wrap (never a dropped batch at the wrap)."""
-    from harness.engine.data import batch_indices
-
-    while True:
-        yield from batch_indices(n, batch_size, generator, drop_last)
-
-
 # -- the FTS meta-gradient (§2.3) ----------------------------------------------------------------------
 
 @dataclass
@@ -231,7 +223,7 @@ class Sophon:
     """The SOPHON training state for one defense cell: optimizers, batch streams, generators and guard data."""
 
     def __init__(self, ctx, model, query_loss):
-        from harness.engine.data import stratified_split
+        from harness.engine.data import cycling_batches, stratified_split
         from harness.engine.models import head_parameter_names
 
         self.ctx, self.model, self.params, self.query_loss = ctx, model, ctx.params, query_loss
@@ -256,6 +248,8 @@ class Sophon:
         self.last_fts = None
 
     def fts_stream(self, batch_size: int):
+        from harness.engine.data import cycling_batches
+
         if batch_size not in self.fts_streams:
             self.fts_streams[batch_size] = cycling_batches(len(self.restricted), batch_size,
                                                            self.ctx.generator(f"fts/batches/{batch_size}"),
@@ -432,15 +426,8 @@ class Sophon:
             self.load_buffers(last_bn)
         ctx.recorder.notes["sophon"] = {"iterations": released_at, "guard_rollbacks": rollbacks,
                                         "stopped_by_guard": stopped}
-        record_release(ctx, self.model, released_at)
+        ctx.record_release(self.model, step=released_at)
         return self.model
-
-
-def record_release(ctx, model, step: int) -> None:
-    """The released model's original and restricted test metrics, at epoch 0 (as `none` does) and at `step`."""
-    original = ctx.record_original(model, epoch=0)
-    ctx.recorder.point(step, "step", "original/accuracy", original)
-    ctx.record_restricted(model, epoch=0, step=step)
 
 
 def train_ice(ctx, model):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from defenses import sophon
+from harness.engine.data import cycling_batches
 from harness.engine.models import state_tensors
 from harness.plugins import registry
 from harness.registry import ConfigError
@@ -28,7 +29,7 @@ def context(name: str = "sophon-ice", **overrides):
 
 
 def batches(ctx, steps: int, batch_size: int = 40):
-    stream = sophon.cycling_batches(len(ctx.restricted_train), batch_size, torch.Generator().manual_seed(1), True)
+    stream = cycling_batches(len(ctx.restricted_train), batch_size, torch.Generator().manual_seed(1), True)
     return list(sophon.restricted_batches(ctx.restricted_train, stream, steps, torch.Generator().manual_seed(2)))
 
 

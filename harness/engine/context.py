@@ -71,6 +71,12 @@ class CellContext:
             self.recorder.point(x, unit, "restricted/loss", loss)
         return accuracy
 
+    def record_release(self, model: nn.Module, *, step: int) -> None:
+        """A defense's released model: original and restricted test metrics at epoch 0 and at its last `step`."""
+        original = self.record_original(model, epoch=0)
+        self.recorder.point(step, "step", "original/accuracy", original)
+        self.record_restricted(model, epoch=0, step=step)
+
     def record_original(self, model: nn.Module, *, epoch: float) -> float:
         accuracy, loss = self.evaluate(model, self.original_test)
         self.recorder.point(epoch, "epoch", "original/accuracy", accuracy)

@@ -172,6 +172,12 @@ def epoch_steps(n: int, batch_size: int, drop_last: bool = True) -> int:
     return -(-_epoch_stop(n, batch_size, drop_last) // batch_size)
 
 
+def cycling_batches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = True):
+    """Shuffled index batches forever, reshuffled at every wrap (never a dropped batch at the wrap)."""
+    while True:
+        yield from batch_indices(n, batch_size, generator, drop_last)
+
+
 def batch_indices(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = True):
     """One epoch of shuffled index batches; with drop_last a short final batch is skipped (reference)."""
     order = torch.randperm(n, generator=generator)
