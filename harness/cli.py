@@ -110,6 +110,8 @@ def cmd_curves(args) -> int:
     """The stored restricted-accuracy curves of every attack cell, one row per cell."""
     from rich.table import Table
 
+    from harness.report.terminal import print_unwrapped
+
     store = _results(args.results)
     rows = store.db.execute(
         "SELECT c.scenario, c.start, c.attack, c.seed, c.status, p.x, p.value FROM cells c JOIN points p ON p.key=c.key"
@@ -126,7 +128,7 @@ def cmd_curves(args) -> int:
         table.add_column(f"{epoch:g}", justify="right")
     for ident, curve in curves.items():
         table.add_row(*map(str, ident), *(f"{100 * curve[e]:.1f}" if e in curve else "" for e in epochs))
-    _console().print(table)
+    print_unwrapped(_console(), table)
     return 0
 
 

@@ -19,12 +19,12 @@ def render(board: Leaderboard, console) -> None:
             console.print(Text.assemble(("Scale: ", "bold"), scale))
         console.print(Text(section.legend, style="dim"))
         for table in (_table(section.matrix(False), "over the suite"), _table(section.matrix(True), "per attack")):
-            _print_unwrapped(console, table)
+            print_unwrapped(console, table)
         for where, note in section.notes():
             console.print(Text(f"  {where}: {note}", style="dim"))
 
 
-def _print_unwrapped(console, table) -> None:
+def print_unwrapped(console, table) -> None:
     """In a log (not a terminal) print the table at its natural width: wrapped numbers are unreadable there."""
     width = console.width
     if not console.is_terminal:
