@@ -80,6 +80,8 @@ def load_curves(results_dir: str | Path, suites: list[str] | None = None) -> Cur
                              db, params=FINISHED)
         members = pd.read_sql("SELECT rowid AS member_rank, key, suite, label AS attack FROM memberships "
                               "ORDER BY rowid", db)
+    if not members.empty:  # cells of an earlier plan (the experiment file changed since) are stale
+        cells = cells[cells.key.isin(members.key)]
     if cells.empty:
         raise ConfigError(f"{path}: no finished attack cells yet")
     cells = cells.merge(members, on="key", how="left")

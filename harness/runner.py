@@ -65,7 +65,7 @@ def run(experiment: Experiment, runtime: Runtime, registry, *, executor: str = "
     store = Store(root)
     try:
         resolved, cells = plan_cells(experiment, runtime, registry)
-        store.add_memberships(memberships(cells, resolved))
+        store.replace_memberships(memberships(cells, resolved))
         store.reset_abandoned()
         registry.notify("run_started", experiment=experiment, cells=cells)
         done = {k for k, s in store.statuses().items() if s in FINISHED}

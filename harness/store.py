@@ -5,7 +5,7 @@ The schema is a public contract (other tools read it):
         host, versions_json)
   points(key, x, x_unit, metric, value)          -- the curves
   artifacts(key, path, sha256, bytes)            -- checkpoints (safetensors), paths relative to the store
-  memberships(key, suite, label)                 -- the suites an attack cell belongs to, under which label
+  memberships(key, suite, label)                 -- the latest plan's attack cells: their suites and labels
   notes(key, json)                               -- a cell's counters (steps, examples seen, skipped modules)
 A finished cell's row, points and artifacts are written in one transaction.
 """
@@ -146,9 +146,14 @@ class Store:
             db.execute("UPDATE cells SET status=?, error=?, finished=?, seconds=? WHERE key=?",
                        (status, error, now, now - (started["started"] or now), key))
 
-    def add_memberships(self, rows) -> None:
-        """Record (key, suite, label) triples; the same attack config may sit in several suites."""
+    def replace_memberships(self, rows) -> None:
+        """Make (key, suite, label) triples the current plan's attack cells (a config may sit in several suites).
+
+        Cells of an earlier version of the experiment stay in `cells` (reused if that config comes back) but,
+        no longer listed here, they leave the leaderboard.
+        """
         with self.transaction() as db:
+            db.execute("DELETE FROM memberships")
             db.executemany("INSERT OR IGNORE INTO memberships VALUES (?, ?, ?)", list(rows))
 
     def reset_abandoned(self) -> int:

@@ -180,3 +180,15 @@ def test_pretrain_alone_then_the_grid_reuses_it(write_experiment, tmp_path, caps
     assert rows(results, "SELECT kind, status FROM cells") == [("pretrain", "done")]
     summary = run_file(path, results)
     assert summary.reused == 1 and summary.statuses == {"done": 4}
+
+
+def test_cells_of_an_earlier_plan_leave_the_leaderboard(write_experiment, tmp_path):
+    from harness.leaderboard import load_curves
+
+    results = tmp_path / "r"
+    run_file(write_experiment(), results)
+    old = {k for (k,) in rows(results, "SELECT key FROM cells WHERE kind='attack'")}
+    run_file(write_experiment(TINY_EXPERIMENT.replace("lr: 0.01", "lr: 0.02")), results)
+    current = set(load_curves(results).cells.key)
+    assert len(current) == 3 and not current & old
+    assert rows(results, "SELECT count(*) FROM cells WHERE kind='attack'") == [(6,)]  # kept for reuse
