@@ -26,7 +26,7 @@ class AttackConfig:
     label: str
     plugin: str
     params: dict
-    suites: tuple[str, ...]
+    suites: tuple[tuple[str, str], ...]  # (suite, label in that suite)
 
     def identity(self) -> str:
         return json.dumps({"plugin": self.plugin, "params": self.params}, sort_keys=True)
@@ -113,12 +113,12 @@ def _attack_configs(entries: list[AttackEntry], registry) -> list[AttackConfig]:
             for params, suffix in _expand(merged, spec):
                 resolved = spec.resolve(params, f"{where}.params")
                 label = f"{item['label']} {suffix}".strip()
-                config = AttackConfig(label, spec.name, resolved, (suite_name,))
+                config = AttackConfig(label, spec.name, resolved, ((suite_name, label),))
                 key = config.identity()
-                if key in by_identity:  # the same attack reached through two suites runs once
+                if key in by_identity:  # the same attack reached through two suites runs once, listed in both
                     known = by_identity[key]
                     by_identity[key] = AttackConfig(known.label, known.plugin, known.params,
-                                                    tuple(dict.fromkeys(known.suites + (suite_name,))))
+                                                    tuple(dict.fromkeys(known.suites + ((suite_name, label),))))
                     continue
                 by_identity[key] = config
                 order.append(key)
@@ -214,12 +214,12 @@ def build_cells(resolved: Resolved, data_facts: dict[str, dict]) -> list[Cell]:
 
 
 def memberships(cells: list[Cell], resolved: Resolved):
-    """(key, suite, label) rows: which suites each attack cell belongs to, and as what."""
+    """(key, suite, label) rows: which suites each attack cell belongs to, and under which label."""
     by_label = {a.label: a for a in resolved.attacks}
     for cell in cells:
         if cell.kind == "attack":
-            for suite in by_label[cell.attack].suites:
-                yield cell.key, suite, cell.attack
+            for suite, label in by_label[cell.attack].suites:
+                yield cell.key, suite, label
 
 
 def _scale(sc: Scenario, facts: dict, attack: AttackConfig) -> dict:

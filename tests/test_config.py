@@ -80,3 +80,21 @@ def test_validate_does_not_import_torch(write_experiment):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "ok" in done.stdout
+
+
+def test_the_same_attack_through_two_suites_is_one_config_with_both_labels(write_experiment):
+    text = TINY_EXPERIMENT.replace(
+        "  - {plugin: finetune, label: sgd, params: {epochs: 1, batch_size: 64, lr: 0.01}}",
+        "  - {suite: paper-strategies, only: [direct+all]}\n  - {suite: optimizers, only: [momentum, adam]}")
+    resolved = resolve_text(write_experiment, text)
+    assert [(a.label, a.suites) for a in resolved.attacks] == [
+        ("direct+all", (("paper-strategies", "direct+all"), ("optimizers", "momentum"))),
+        ("adam", (("optimizers", "adam"),))]
+
+
+def test_list_values_expand_to_their_cross_product(write_experiment):
+    text = TINY_EXPERIMENT.replace("lr: 0.01}", "lr: [0.01, 0.1], batch_size: [32, 64]}").replace(
+        "batch_size: 64, lr", "lr")
+    labels = [a.label for a in resolve_text(write_experiment, text).attacks]
+    assert labels == ["sgd lr=0.01 batch_size=32", "sgd lr=0.01 batch_size=64", "sgd lr=0.1 batch_size=32",
+                      "sgd lr=0.1 batch_size=64"]

@@ -91,7 +91,9 @@ def test_param_validation():
 
 
 def _cli(*args, env=None):
-    full_env = {**os.environ, **(env or {})}
+    """The CLI in a subprocess, with the plugin settings this test gives (not the caller's, e.g. CI's strict mode)."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("UNTUNABLE_")}
+    full_env = {**inherited, **(env or {})}
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=full_env)
 
 
