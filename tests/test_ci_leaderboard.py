@@ -59,3 +59,16 @@ def test_leaderboard_files_match_the_store(root):
     assert "<table" in page and "data:image/png;base64," in page
     plots = list((root / "plots").glob("*.png"))
     assert plots and all(p.read_bytes()[:4] == b"\x89PNG" for p in plots)
+
+
+def test_defenses_really_trained(root):
+    """A SOPHON guard that fires at its first check releases the original unchanged: CI must notice."""
+    with sqlite3.connect(root / "results.sqlite") as db:
+        configs = db.execute("SELECT c.config_json FROM cells c JOIN memberships m ON m.key = c.key").fetchall()
+        current = {key for (config,) in configs for key in json.loads(config)["inputs"]}  # this plan's inputs
+        notes = [json.loads(n) for key, n in db.execute(
+            "SELECT n.key, n.json FROM notes n JOIN cells c ON c.key = n.key WHERE c.kind = 'defend'")
+            if key in current]
+    sophon = [n["sophon"] for n in notes if "sophon" in n]
+    assert len(sophon) >= 2
+    assert all(s["iterations"] > 10 and not s["stopped_by_guard"] for s in sophon), sophon
