@@ -19,7 +19,7 @@ from harness.store import Store
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how cells run; not part of any cell key (results do not depend on it, up to float noise)."""
+    """Where and how cells run. Only `precision` enters cell keys; the rest changes results by float noise only."""
 
     root: str
     device: str = "auto"

@@ -163,8 +163,11 @@ def content_key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def build_cells(resolved: Resolved, data_facts: dict[str, dict]) -> list[Cell]:
-    """All cells of the grid in dependency order. `data_facts[scenario]` holds fingerprints and sizes."""
+def build_cells(resolved: Resolved, data_facts: dict[str, dict], precision: str = "fp32") -> list[Cell]:
+    """All cells of the grid in dependency order. `data_facts[scenario]` holds fingerprints and sizes.
+
+    The precision is part of every key (bf16 changes results); the device is not (float noise only).
+    """
     exp = resolved.experiment
     cells: list[Cell] = []
     for rs in resolved.scenarios:
@@ -174,7 +177,7 @@ def build_cells(resolved: Resolved, data_facts: dict[str, dict]) -> list[Cell]:
         scenario_config = rs.config()
         base_versions = {f"dataset:{s.name}": s.cache_version for s, _ in rs.datasets.values()}
         base_versions[f"architecture:{arch_spec.name}"] = arch_spec.cache_version
-        common = {"scenario": scenario_config, "data": facts}
+        common = {"scenario": scenario_config, "data": facts, "precision": precision}
 
         pretrain_config = {**common, "pretrain": sc.pretrain.model_dump()}
         pretrain = Cell(content_key({"kind": "pretrain", **pretrain_config, "versions": base_versions}), "pretrain",

@@ -192,3 +192,12 @@ def test_cells_of_an_earlier_plan_leave_the_leaderboard(write_experiment, tmp_pa
     current = set(load_curves(results).cells.key)
     assert len(current) == 3 and not current & old
     assert rows(results, "SELECT count(*) FROM cells WHERE kind='attack'") == [(6,)]  # kept for reuse
+
+
+def test_precision_is_part_of_the_cell_key(write_experiment, tmp_path):
+    experiment = load_experiment(write_experiment())
+    keys = {}
+    for precision in ("fp32", "bf16"):
+        runtime = Runtime(root=str(tmp_path), device="cpu", precision=precision, cache_dir=str(tmp_path / "cache"))
+        keys[precision] = {c.key for c in plan_cells(experiment, runtime, registry())[1]}
+    assert not keys["fp32"] & keys["bf16"]
