@@ -200,12 +200,12 @@ def execute(cell: Cell, runtime: Runtime) -> str:
 
 def worker_init(threads: int | None) -> None:
     """Worker processes die with the runner (so a killed run leaves no orphan finishing cells)."""
-    try:
-        import ctypes
-        import signal
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError):  # without Linux's libc workers may outlive a killed runner
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
         import torch

@@ -59,11 +59,8 @@ class Scenario(Strict):
         if value in ("halves", "none"):
             return value
         head, _, share = value.partition(":")
-        try:
-            if head == "fraction" and 0 < float(share) < 1:
-                return value
-        except ValueError:
-            pass
+        if head == "fraction" and share.replace(".", "", 1).isdigit() and 0 < float(share) < 1:
+            return value
         raise ValueError(f"expected {RESTRICTED_SPLITS} with 0 < f < 1, got {value!r}")
 
 

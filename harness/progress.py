@@ -17,14 +17,14 @@ class PlainProgress:
         print(f"{total} cells to run ({reused} already in the store)", file=self.stream, flush=True)
 
     def started(self, cell) -> None:
-        pass
+        """Plain output has a line per finished cell only."""
 
     def finished(self, cell, status: str, seconds: float) -> None:
         self.count += 1
         print(f"[{self.count}/{self.total}] {status:8s} {seconds:7.1f}s  {cell.title}", file=self.stream, flush=True)
 
     def stop(self) -> None:
-        pass
+        """Plain lines need no tear-down."""
 
 
 class RichProgress(PlainProgress):

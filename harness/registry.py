@@ -6,6 +6,7 @@ a cell actually runs. Parameter schemas validate experiment files with errors th
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 from dataclasses import dataclass, field
@@ -55,10 +56,8 @@ class Param:
         if self.type == "float" and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if self.type == "float" and isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)  # YAML reads 1e-4 as a string
-            except ValueError:
-                pass
         if not isinstance(value, expected) or (self.type in ("int", "float") and isinstance(value, bool)):
             raise ConfigError(f"expected {self.type}, got {type(value).__name__} {value!r}", where=where)
         if self.choices is not None and value not in self.choices:
