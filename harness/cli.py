@@ -7,6 +7,7 @@ exit with status 2, without a traceback; failed cells make `run` exit with statu
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -147,7 +148,8 @@ def cmd_leaderboard(args) -> int:
 def cmd_plugins(args) -> int:
     reg = _registry()
     for spec in reg.all():
-        print(f"{spec.kind:12s} {spec.name:20s} {spec.distribution} {spec.dist_version:8s} {spec.description}")
+        print(f"{spec.kind:12s} {spec.name:20s} {spec.distribution} {spec.dist_version:8s} v{spec.version:4s}"
+              f"{spec.description}")
         if args.params:
             for p in spec.params:
                 print(f"{'':14s}{p.name} ({p.type}, default {p.default!r}) {p.help}")
@@ -227,6 +229,9 @@ def main(argv=None) -> int:
     except (ConfigError, PluginError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `untunable plugins | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted: finished cells are stored; run the same command again to resume", file=sys.stderr)
         return 130
