@@ -7,6 +7,7 @@ exit with status 2, without a traceback; failed cells make `run` exit with statu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -104,6 +105,8 @@ def cmd_list(args) -> int:
               f"{row['start']} {row['attack']} seed={row['seed']}")
         if args.failed and row["error"]:
             print("    " + row["error"].strip().replace("\n", "\n    "))
+        elif row["kind"] == "defend" and (notes := store.notes(row["key"])):  # e.g. a guard stopped training
+            print(f"    notes: {json.dumps(notes, sort_keys=True)}")
     return 0
 
 
