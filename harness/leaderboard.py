@@ -218,8 +218,9 @@ def _unbaselined(frame: pd.DataFrame, target: pd.DataFrame, on: list[str], note:
 def intactness(curves: Curves) -> pd.DataFrame:
     """O@0: original-domain score of the released model; intactness O(D)/O(P); drop O(P) − O(D).
 
-    Every attack evaluates the same released model at epoch 0, so the best value over the suite's cells is
-    taken: it skips attacks that re-initialise the head before their first evaluation (initFC)."""
+    The runner records every attack cell's start model at epoch 0 before any attack step, so the values agree;
+    the best over the suite's cells is taken so that a store written by other tools, whose initFC attacks may
+    evaluate after re-initialising the head, still reports the released model."""
     scored = curves.cells.merge(curves.original, on="key")
     scored = scored[scored.start != "scratch"]  # a random init is not a released model
     scored = scored.assign(rank=scored.sign * scored.value).sort_values("rank")
