@@ -86,10 +86,25 @@ def prepare_head(ctx, model, *, reinit: bool, head_init: str) -> None:
     (xavier_reinit_ if head_init == "xavier" else normal_reinit_)(linear, ctx.generator("head_init"))
 
 
+def needs_head(strategy: str) -> bool:
+    """Every strategy but direct+all addresses the classification head (re-initialises it or trains only it)."""
+    return strategy != "direct+all"
+
+
+def check_strategy(params: dict, task) -> str | None:
+    """At validate time: a strategy that needs a head is refused on a task whose models have none."""
+    if needs_head(params["strategy"]) and not task.extra.get("head", True):
+        return (f"strategy {params['strategy']!r} needs a classification head, which {task.name!r} models do not "
+                f"have; use direct+all")
+    return None
+
+
 def apply_strategy(ctx, model, strategy: str, head_init: str) -> list:
     """Apply a §8.1 strategy to `model` and return the parameters it trains."""
     from harness.engine.models import head
 
+    if not ctx.task.head:  # validation admits only direct+all here: train everything as released
+        return list(model.parameters())
     head_mode, _, trained = strategy.partition("+")
     prepare_head(ctx, model, reinit=head_mode == "initFC", head_init=head_init)
     return list(head(model).parameters()) if trained == "FC" else list(model.parameters())
@@ -131,22 +146,23 @@ def fine_tune(ctx, model, trainable: list, recipe: Recipe, *, release=None):
         notes.update(steps=step, examples_seen=step * min(recipe.batch_size, len(data)))
         every = recipe.eval_every_steps
         if every and step % every == 0 and step % per_epoch:  # epoch ends are recorded by after_epoch
-            ctx.record_restricted(model, epoch=None, step=step)
+            ctx.record(model, on="restricted", epoch=None, step=step)
 
     def after_epoch(epoch: int, step: int) -> None:
         if epoch < recipe.epochs:  # the last epoch is recorded on the released model
-            ctx.record_restricted(model, epoch=epoch, step=step)
+            ctx.record(model, on="restricted", epoch=epoch, step=step)
 
-    ctx.record_restricted(model, epoch=0, step=0)
-    steps = train_epochs(model, data, optimizer, epochs=recipe.epochs, batch_size=recipe.batch_size,
+    ctx.record(model, on="restricted", epoch=0, step=0)
+    steps = train_epochs(model, data, optimizer, objective=ctx.objective("objective"), epochs=recipe.epochs,
+                         batch_size=recipe.batch_size,
                          generator=ctx.generator("batches"), schedule=schedule, precision=ctx.precision,
                          after_step=after_step, after_epoch=after_epoch,
                          train_mode=partial(set_train_mode, freeze_bn_stats=recipe.freeze_bn_stats))
     final = release(model) if release is not None else model
     final.requires_grad_(True)
     if recipe.epochs:
-        ctx.record_restricted(final, epoch=recipe.epochs, step=steps)
-        ctx.record_original(final, epoch=recipe.epochs)
+        ctx.record(final, on="restricted", epoch=recipe.epochs, step=steps)
+        ctx.record(final, on="original", epoch=recipe.epochs)
     return final
 
 
@@ -159,6 +175,6 @@ def run(ctx, model, recipe: Recipe | None = None):
 @hookimpl
 def register_attacks(register):
     register("finetune", factory="attacks.finetune:run", params=[*strategy_params(), *training_params()],
-             version="1", description="Fine-tune the start model on the adversary data: direct/initFC head x "
+             version="1", tasks="any", check=check_strategy, description="Fine-tune the start model on the adversary data: direct/initFC head x "
                                       "all/FC-only, any optimizer, lr, batch, epochs, schedule (SOPHON's protocol "
                                       "by default)")

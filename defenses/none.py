@@ -5,11 +5,11 @@ from harness import hookimpl
 
 def release_unchanged(ctx, model):
     """Nothing to train: the protected model is the base model."""
-    ctx.record_original(model, epoch=0)
+    ctx.record(model, on="original", epoch=0)
     return model
 
 
 @hookimpl
 def register_defenses(register):
     register("none", description="No protection: the original model is released as it is.",
-             factory="defenses.none:release_unchanged", version="1")
+             factory="defenses.none:release_unchanged", version="1", tasks="any")

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-from harness import Param, hookimpl
+from harness import Measure, Param, hookimpl
 from harness.registry import ConfigError, PluginSpec
 
 INNER_OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -358,7 +358,8 @@ class Sophon:
             trial = copy.deepcopy(self.model)
             optimizer = make_optimizer("sgd_momentum", trial.parameters(), p["probe_lr"], PROBE_WEIGHT_DECAY)
             try:
-                train_epochs(trial, train, optimizer, epochs=p["probe_epochs"], batch_size=p["probe_batch_size"],
+                train_epochs(trial, train, optimizer, objective=ctx.objective(f"probe/{step}/loss"),
+                             epochs=p["probe_epochs"], batch_size=p["probe_batch_size"],
                              generator=ctx.generator(f"probe/{step}"), precision=ctx.precision)
             except Diverged:
                 pass  # a diverging probe is a (very low) probe accuracy, not a failed defense
@@ -490,13 +491,17 @@ def sophon_params(*, alpha: float, beta: float, nl_loop: int, head_reinit: bool)
     ]
 
 
+PROBE_MEASURE = Measure("probe_accuracy", higher_is_better=True, display="percent",
+                        description="accuracy after a short probe fine-tune of a copy during defense training (§2.6)")
+
+
 @hookimpl
 def register_defenses(register):
     ice_variant = Param("ice_variant", "str", "negated-logits", choices=tuple(ICE_VARIANTS),
                         help="negated-logits [ref code] or log-one-minus-p [paper formula]")
-    register("sophon-ice", factory="defenses.sophon:train_ice", version="1",
+    register("sophon-ice", factory="defenses.sophon:train_ice", version="1", measures=[PROBE_MEASURE],
              description="SOPHON with inverse cross-entropy: simulated fine-tuning suppression + normal training",
              params=[*sophon_params(alpha=3.0, beta=5.0, nl_loop=1, head_reinit=True), ice_variant])
-    register("sophon-klu", factory="defenses.sophon:train_klu", version="1",
+    register("sophon-klu", factory="defenses.sophon:train_klu", version="1", measures=[PROBE_MEASURE],
              description="SOPHON with KL-from-uniform: label-free fine-tuning suppression + normal training",
              params=sophon_params(alpha=1.0, beta=1.0, nl_loop=5, head_reinit=False))

@@ -79,49 +79,63 @@ def data_facts(scenario: dict, runtime: Runtime) -> dict:
             "restricted_test": len(data.restricted.test), "num_classes": data.restricted.num_classes}
 
 
-def _build_model_fn(scenario: dict, num_classes: int, device):
-    from harness.engine.models import build_model
+def scenario_task(scenario: dict):
+    """The task object of a scenario config (classification for configs written before tasks were plugins)."""
+    from harness.tasks import load_task
 
+    ref = scenario.get("task") or {"name": "classification", "params": {}}
+    return load_task(_registry().get("task", ref["name"]), ref["params"])
+
+
+def _build_model_fn(scenario: dict, task, num_classes: int, device):
     spec = _registry().get("architecture", scenario["architecture"]["name"])
 
     def build():
-        return build_model(spec, scenario["architecture"]["params"], in_channels=scenario["channels"],
-                           image_size=scenario["image_size"], num_classes=num_classes).to(device)
+        return task.build_model(spec, scenario["architecture"]["params"], in_channels=scenario["channels"],
+                                image_size=scenario["image_size"], num_classes=num_classes).to(device)
     return build
 
 
-def _context(cell: Cell, runtime: Runtime, data: ScenarioData, recorder, *, seed: int, params: dict, role: str):
+def _context(cell: Cell, runtime: Runtime, data: ScenarioData, recorder, *, seed: int, params: dict, role: str,
+             plugin=None):
     from harness.engine.context import CellContext
     from harness.engine.device import resolve_device
+    from harness.tasks import metric_names
 
     device = resolve_device(runtime.device)
-    if data.original.num_classes != data.restricted.num_classes:
+    task = scenario_task(cell.config["scenario"])
+    if task.labelled and not (data.original.train.y is not None and data.restricted.train.y is not None):
+        raise ValueError(f"task {task.name!r} needs labelled data, but a dataset of this scenario has no labels")
+    if task.head and data.original.num_classes != data.restricted.num_classes:
         raise ValueError("original and restricted domains must have the same number of classes (head reuse)")
+    recorder.allowed = metric_names(task, plugin)
     return CellContext(
         params=params, seed=seed, device=device, precision=runtime.precision,
         num_classes=data.restricted.num_classes, original_test=data.original.test,
         restricted_train=data.defender if role == "defend" else data.adversary,
         restricted_test=data.restricted.test,
         original_train=data.original.train if role in ("defend", "pretrain") else None,
-        build_model=_build_model_fn(cell.config["scenario"], data.restricted.num_classes, device),
-        recorder=recorder, workdir=None, log=lambda message: None,
+        build_model=_build_model_fn(cell.config["scenario"], task, data.restricted.num_classes, device),
+        recorder=recorder, task=task, workdir=None, log=lambda message: None,
     )
 
 
 def _pretrain(ctx, settings: dict):
-    """The unprotected original: the architecture trained on the original domain (algorithms.md §9)."""
+    """The unprotected original: the architecture trained on the original domain with the task's pretraining
+    objective (docs/algorithms.md §9)."""
     from harness.engine.train import make_optimizer, train_epochs
 
     model = ctx.build_model()
     optimizer = make_optimizer(settings["optimizer"], model.parameters(), settings["lr"], settings["weight_decay"])
 
     def after_epoch(epoch, steps):
-        ctx.record_original(model, epoch=epoch)
+        ctx.record(model, on="original", epoch=epoch)
 
-    ctx.record_original(model, epoch=0)
-    train_epochs(model, ctx.original_train, optimizer, epochs=settings["epochs"], batch_size=settings["batch_size"],
+    ctx.record(model, on="original", epoch=0)
+    train_epochs(model, ctx.original_train, optimizer, objective=ctx.task.pretrain_objective(ctx.generator("pretrain")),
+                 epochs=settings["epochs"], batch_size=settings["batch_size"],
                  generator=ctx.generator("pretrain-batches"), precision=ctx.precision, after_epoch=after_epoch)
-    ctx.record_restricted(model, epoch=0, step=0)
+    ctx.record(model, on="restricted", epoch=0, step=0)
     return model
 
 
@@ -155,18 +169,20 @@ def _run(cell: Cell, runtime: Runtime, store: Store, recorder) -> list[Path]:
         model = _pretrain(ctx, cell.config["pretrain"])
     elif cell.kind == "defend":
         defense = cell.config["defense"]
-        ctx = _context(cell, runtime, data, recorder, seed=seed, params=defense["params"], role="defend")
+        spec = _registry().get("defense", defense["plugin"])
+        ctx = _context(cell, runtime, data, recorder, seed=seed, params=defense["params"], role="defend", plugin=spec)
         model = _load_input(store, cell.deps[0], ctx.build_model())
-        model = _registry().get("defense", defense["plugin"]).load()(ctx, model)
+        model = spec.load()(ctx, model)
     else:
         attack = cell.config["attack"]
-        ctx = _context(cell, runtime, data, recorder, seed=seed, params=attack["params"], role="attack")
+        spec = _registry().get("attack", attack["plugin"])
+        ctx = _context(cell, runtime, data, recorder, seed=seed, params=attack["params"], role="attack", plugin=spec)
         seed_everything(derive_seed(seed, "scratch-init"))
         model = ctx.build_model()
         if cell.deps:
             model = _load_input(store, cell.deps[0], model)
-        ctx.record_original(model, epoch=0)  # intactness: the start as released, before any attack step
-        _registry().get("attack", attack["plugin"]).load()(ctx, model)
+        ctx.record(model, on="original", epoch=0)  # intactness: the start as released, before any attack step
+        spec.load()(ctx, model)
         return []
     return [save_model(model, store.artifact_dir(cell.key) / "model.safetensors",
                        metadata={"cell": cell.key, "kind": cell.kind})]

@@ -167,7 +167,9 @@ def cmd_plugin_check(args) -> int:
     kinds = [k for k in ("attack", "defense") if args.name in _registry().specs[k]]
     if not kinds:
         _registry().get("attack", args.name, where="plugin-check")  # raises with a did-you-mean
-    problems = check_plugin(kinds[0], args.name)
+    if args.task is not None:
+        _registry().get("task", args.task, where="plugin-check --task")
+    problems = check_plugin(kinds[0], args.name, task=args.task)
     for problem in problems:
         print(f"{args.name}: {problem}")
     print(f"{args.name}: {'FAILED' if problems else 'ok (runs on a tiny CPU cell, records a curve, deterministic)'}")
@@ -216,6 +218,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_leaderboard)
     p = sub.add_parser("plugin-check", help="run an attack or defense on a tiny CPU cell twice; check determinism")
     p.add_argument("name")
+    p.add_argument("--task", help="the task family of the tiny cell (default: the first one the plugin serves)")
     p.set_defaults(func=cmd_plugin_check)
     p = sub.add_parser("plugins", help="list installed plugins (no torch import)")
     p.add_argument("--params", action="store_true", help="also list every parameter")

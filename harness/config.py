@@ -31,6 +31,18 @@ class ArchitectureRef(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class TaskRef(Strict):
+    """The scenario's task family: `task: denoising` or `task: {name: denoising, params: {...}}`."""
+
+    name: str = "classification"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+
 class PretrainSettings(Strict):
     """How the unprotected original is trained on the original domain (algorithms.md §9)."""
 
@@ -44,6 +56,7 @@ class PretrainSettings(Strict):
 
 class Scenario(Strict):
     name: str
+    task: TaskRef = Field(default_factory=TaskRef)
     original: DatasetRef
     restricted: DatasetRef
     architecture: ArchitectureRef

@@ -19,6 +19,8 @@ class DatasetError(ValueError):
 class RawDataset:
     """Images as uint8 arrays (N, H, W) or (N, H, W, C), labels as int64 0..num_classes-1.
 
+    Labels may be None on both splits (with num_classes 0) for data of tasks that need none (denoising).
+
     `mean`/`std` are the dataset's reference normalisation (per channel, on [0, 1] pixels) or None to
     compute them from the training images.
     """
@@ -31,11 +33,19 @@ class RawDataset:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
+    @property
+    def labelled(self) -> bool:
+        return self.train_y is not None
+
     def __post_init__(self):
+        if (self.train_y is None) != (self.test_y is None):
+            raise DatasetError("labels must be given for both splits or for neither")
         for split in ("train", "test"):
             x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
             if x.dtype != np.uint8 or x.ndim not in (3, 4):
                 raise DatasetError(f"{split} images must be uint8 (N,H,W) or (N,H,W,C), got {x.dtype} {x.shape}")
+            if y is None:
+                continue
             if len(x) != len(y):
                 raise DatasetError(f"{split}: {len(x)} images but {len(y)} labels")
             setattr(self, f"{split}_y", np.asarray(y, dtype=np.int64))

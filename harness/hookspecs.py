@@ -16,6 +16,12 @@ class Specs:
     """The hooks a plugin may implement."""
 
     @hookspec
+    def register_tasks(self, register):
+        """Offer task families: `register(name=..., factory=..., measures=[Measure...], labelled=..., head=...)`.
+
+        The factory takes the task's resolved parameters and returns a `harness.tasks.Task`."""
+
+    @hookspec
     def register_datasets(self, register):
         """Offer datasets: `register(name=..., factory="module:function", params=[Param...], ...)`."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from harness.config import AttackEntry, Experiment, Scenario
 from harness.names import OPTIMIZERS
-from harness.registry import ConfigError, PluginSpec, did_you_mean
+from harness.registry import DEFAULT_TASKS, ConfigError, PluginSpec, did_you_mean
 
 THREAT_MODEL = ("white-box attacker with the released weights, who knows the defense and holds labelled "
                 "restricted-domain data (the adversary half); the defender never sees that half")
@@ -35,6 +35,7 @@ class AttackConfig:
 @dataclass
 class ResolvedScenario:
     scenario: Scenario
+    task: tuple[PluginSpec, dict]
     datasets: dict[str, tuple[PluginSpec, dict]]
     architecture: tuple[PluginSpec, dict]
 
@@ -42,6 +43,7 @@ class ResolvedScenario:
         """The scenario as cells see it, with every plugin parameter resolved."""
         sc = self.scenario
         return {**sc.model_dump(exclude={"pretrain"}),
+                "task": {"name": self.task[0].name, "params": self.task[1]},
                 "original": {"dataset": sc.original.dataset, "params": self.datasets["original"][1]},
                 "restricted": {"dataset": sc.restricted.dataset, "params": self.datasets["restricted"][1]},
                 "architecture": {"name": self.architecture[0].name, "params": self.architecture[1]}}
@@ -134,27 +136,54 @@ def resolve(experiment: Experiment, registry) -> Resolved:
         raise ConfigError(message, where=f"{experiment.source}: {exc.where}" if exc.where else experiment.source) from None
 
 
+def _serving(spec: PluginSpec, task: PluginSpec, where: str) -> PluginSpec:
+    """`spec`, if it works on scenarios of `task`; else a ConfigError naming the tasks it does serve."""
+    if not spec.serves(task.name):
+        served = spec.extra.get("tasks", DEFAULT_TASKS)
+        raise ConfigError(f"{spec.kind} {spec.name!r} does not work on {task.name!r} scenarios (it serves: "
+                          f"{', '.join(served)})", where=where)
+    return spec
+
+
+def _check_attacks(attacks: list[AttackConfig], task: PluginSpec, registry, where: str) -> None:
+    """Every attack config suits the scenario's task: declared tasks, then the attack's own `check(params, task)`."""
+    for attack in attacks:
+        spec = _serving(registry.get("attack", attack.plugin), task, f"{where} (attack {attack.label!r})")
+        check = spec.extra.get("check")
+        problem = check(attack.params, task) if check else None
+        if problem:
+            raise ConfigError(f"attack {attack.label!r}: {problem}", where=where)
+
+
 def _resolve(experiment: Experiment, registry) -> Resolved:
     specs: dict[str, PluginSpec] = {}
     scenarios = []
     for i, sc in enumerate(experiment.scenarios):
+        task = registry.get("task", sc.task.name, where=f"scenarios[{i}].task.name")
+        task_params = task.resolve(sc.task.params, f"scenarios[{i}].task.params")
         datasets = {}
         for role in ("original", "restricted"):
             ref = getattr(sc, role)
             spec = registry.get("dataset", ref.dataset, where=f"scenarios[{i}].{role}.dataset")
             datasets[role] = (spec, spec.resolve(ref.params, f"scenarios[{i}].{role}.params"))
-        arch = registry.get("architecture", sc.architecture.name, where=f"scenarios[{i}].architecture.name")
+        arch = _serving(registry.get("architecture", sc.architecture.name, where=f"scenarios[{i}].architecture.name"),
+                        task, f"scenarios[{i}].architecture.name")
         if sc.pretrain.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {sc.pretrain.optimizer!r}{did_you_mean(sc.pretrain.optimizer, OPTIMIZERS)}",
                               where=f"scenarios[{i}].pretrain.optimizer")
-        scenarios.append(ResolvedScenario(sc, datasets, (arch, arch.resolve(sc.architecture.params,
-                                                                            f"scenarios[{i}].architecture.params"))))
+        scenarios.append(ResolvedScenario(sc, (task, task_params), datasets,
+                                          (arch, arch.resolve(sc.architecture.params,
+                                                              f"scenarios[{i}].architecture.params"))))
     defenses = []
     for i, entry in enumerate(experiment.defenses):
         spec = registry.get("defense", entry.plugin, where=f"defenses[{i}].plugin")
+        for rs in scenarios:
+            _serving(spec, rs.task[0], f"defenses[{i}].plugin (scenario {rs.scenario.name!r})")
         defenses.append((entry.label, spec, spec.resolve(entry.params, f"defenses[{i}].params"), entry.seed))
     attacks = _attack_configs(experiment.attacks, registry)
-    for kind in ("dataset", "architecture", "defense", "attack"):
+    for i, rs in enumerate(scenarios):
+        _check_attacks(attacks, rs.task[0], registry, f"scenarios[{i}].task")
+    for kind in ("task", "dataset", "architecture", "defense", "attack"):
         specs.update({f"{kind}:{s.name}": s for s in registry.all(kind)})
     return Resolved(experiment, scenarios, defenses, attacks, specs)
 
@@ -176,6 +205,7 @@ def build_cells(resolved: Resolved, data_facts: dict[str, dict], precision: str 
         arch_spec = rs.architecture[0]
         scenario_config = rs.config()
         base_versions = {f"dataset:{s.name}": s.cache_version for s, _ in rs.datasets.values()}
+        base_versions[f"task:{rs.task[0].name}"] = rs.task[0].cache_version
         base_versions[f"architecture:{arch_spec.name}"] = arch_spec.cache_version
         common = {"scenario": scenario_config, "data": facts, "precision": precision}
 

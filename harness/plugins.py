@@ -15,9 +15,10 @@ from importlib import metadata
 import pluggy
 
 from harness.hookspecs import PROJECT, Specs
-from harness.registry import ConfigError, Param, PluginSpec, did_you_mean
+from harness.registry import ConfigError, Measure, Param, PluginSpec, did_you_mean
 
 HOOK_KINDS = {
+    "register_tasks": "task",
     "register_datasets": "dataset",
     "register_architectures": "architecture",
     "register_defenses": "defense",
@@ -111,6 +112,7 @@ class Registry:
             params = tuple(params)
             if not all(isinstance(p, Param) for p in params):
                 raise PluginError(f"{kind} {name!r}: params must be harness.Param objects")
+            extra = _checked_extra(kind, name, extra)
             collected.append(PluginSpec(kind=kind, name=name, description=description.strip().splitlines()[0]
                                         if description.strip() else "", factory=factory, params=params,
                                         version=str(version), distribution=distribution,
@@ -139,6 +141,21 @@ class Registry:
     def notify(self, hook: str, **kwargs) -> None:
         """Call a lifecycle hook on every plugin that implements it."""
         getattr(self.pm.hook, hook)(**kwargs)
+
+
+def _checked_extra(kind: str, name: str, extra: dict) -> dict:
+    """Normalise the descriptor fields the core reads: `measures` (Measure objects) and `tasks` (names or "any")."""
+    measures = tuple(extra.get("measures", ()))
+    if not all(isinstance(m, Measure) for m in measures):
+        raise PluginError(f"{kind} {name!r}: measures must be harness.Measure objects")
+    if kind == "task" and not measures:
+        raise PluginError(f"task {name!r} must declare at least one measure (the first one ranks its scenarios)")
+    tasks = extra.get("tasks")
+    if tasks is not None and tasks != "any":
+        if isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks):
+            raise PluginError(f"{kind} {name!r}: tasks must be a list of task names or \"any\"")
+        tasks = tuple(tasks)
+    return {**extra, "measures": measures, **({"tasks": tasks} if tasks is not None else {})}
 
 
 _DEFAULT: Registry | None = None

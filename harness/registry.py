@@ -12,7 +12,10 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-KINDS = ("dataset", "architecture", "defense", "attack", "suite", "metric", "executor", "reporter")
+KINDS = ("task", "dataset", "architecture", "defense", "attack", "suite", "metric", "executor", "reporter")
+DOMAINS = ("restricted", "original")  # a recorded metric is "<domain>/<measure>"
+DISPLAYS = ("percent", "raw")
+DEFAULT_TASKS = ("classification",)  # what a plugin serves unless it registers `tasks=[...]` or `tasks="any"`
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
 
@@ -29,6 +32,31 @@ def did_you_mean(name: str, choices: Sequence[str]) -> str:
     """A ' (did you mean X?)' suffix for a misspelt name, or ''."""
     close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A quantity a task evaluates or a plugin records, with its direction and how reports show it.
+
+    `display="percent"` is a fraction shown x100 (differences in points); `"raw"` is shown as is (a loss,
+    an MSE). The leaderboard reads direction and display from here, never from a table in the core.
+    """
+
+    name: str
+    higher_is_better: bool
+    display: str = "raw"
+    description: str = ""
+
+    def __post_init__(self):
+        if not self.name or "/" in self.name:
+            raise ValueError(f"Measure name must be non-empty without '/', got {self.name!r}")
+        if self.display not in DISPLAYS:
+            raise ValueError(f"Measure {self.name!r}: display must be one of {list(DISPLAYS)}, not {self.display!r}")
+
+    @property
+    def sign(self) -> int:
+        """+1 when higher is better, -1 when lower is better."""
+        return 1 if self.higher_is_better else -1
 
 
 @dataclass(frozen=True)
@@ -116,6 +144,16 @@ class PluginSpec:
                 )
         return {name: (p.check(given[name], f"{where}.{name}") if name in given else p.default)
                 for name, p in known.items()}
+
+    @property
+    def measures(self) -> tuple[Measure, ...]:
+        """What this plugin records (a task: what it evaluates, the first being its score)."""
+        return tuple(self.extra.get("measures", ()))
+
+    def serves(self, task: str) -> bool:
+        """Whether this plugin works on scenarios of `task` (declared with `tasks=[...]`, or "any")."""
+        tasks = self.extra.get("tasks", DEFAULT_TASKS)
+        return tasks == "any" or task in tasks
 
     @property
     def cache_version(self) -> str:

@@ -1,7 +1,7 @@
 """Helpers for testing plugins on tiny CPU cells (importable from a plugin's own test suite).
 
-`tiny_context` builds a CellContext over small synthetic domains whose classes are separable, so a few
-optimizer steps visibly change accuracy; `check_deterministic` runs a plugin twice and compares curves.
+`tiny_context` builds a CellContext over the task's tiny synthetic domains (for classification, separable
+classes, so a few optimizer steps visibly change accuracy); `check_plugin` runs a plugin twice and compares.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import torch
 from harness.engine import seeding
 from harness.engine.context import CellContext, Recorder
 from harness.engine.data import Split
-from harness.engine.models import build_model, state_tensors
+from harness.engine.models import state_tensors
+from harness.registry import DEFAULT_TASKS, PluginSpec
 
 
 def synthetic_split(n: int, *, num_classes: int = 10, channels: int = 1, size: int = 16, seed: int = 0,
@@ -24,26 +25,32 @@ def synthetic_split(n: int, *, num_classes: int = 10, channels: int = 1, size: i
     return Split(x, y)
 
 
-def tiny_context(params: dict, *, seed: int = 0, architecture: str = "cnn-s", arch_params: dict | None = None,
-                 num_classes: int = 10, channels: int = 1, size: int = 16, n_train: int = 200, n_test: int = 100,
-                 with_original_train: bool = True, registry=None) -> CellContext:
-    """A CellContext on synthetic data: original domain = pattern set 0, restricted = pattern set 1."""
-    from harness.plugins import registry as default_registry
+def tiny_context(params: dict, *, seed: int = 0, task: str = "classification", task_params: dict | None = None,
+                 architecture: str | None = None, arch_params: dict | None = None, with_original_train: bool = True,
+                 plugin: PluginSpec | None = None, registry=None, **sizes) -> CellContext:
+    """A CellContext on the task's tiny synthetic domains (`sizes` go to `Task.tiny_data`).
 
-    arch = (registry or default_registry()).get("architecture", architecture)
-    arch_params = arch.resolve(arch_params, "architecture")
+    `architecture` defaults to the one the task's tiny data names; `plugin` adds its declared measures to
+    the names the recorder accepts, as in a real cell.
+    """
+    from harness.plugins import registry as default_registry
+    from harness.tasks import load_task, metric_names
+
+    reg = registry or default_registry()
+    the_task = load_task(reg.get("task", task), task_params)
+    data = the_task.tiny_data(**sizes)
+    arch = reg.get("architecture", architecture or data.architecture)
+    arch_params = arch.resolve(arch_params if arch_params is not None else data.arch_params, "architecture")
 
     def make_model():
-        return build_model(arch, arch_params, in_channels=channels, image_size=size, num_classes=num_classes)
+        return the_task.build_model(arch, arch_params, in_channels=data.channels, image_size=data.size,
+                                    num_classes=data.num_classes)
 
-    shape = dict(num_classes=num_classes, channels=channels, size=size)
     return CellContext(
-        params=params, seed=seed, device=torch.device("cpu"), precision="fp32", num_classes=num_classes,
-        original_train=synthetic_split(n_train, seed=1, pattern_seed=0, **shape) if with_original_train else None,
-        original_test=synthetic_split(n_test, seed=2, pattern_seed=0, **shape),
-        restricted_train=synthetic_split(n_train, seed=3, pattern_seed=1, **shape),
-        restricted_test=synthetic_split(n_test, seed=4, pattern_seed=1, **shape),
-        build_model=make_model, recorder=Recorder(), log=lambda message: None,
+        params=params, seed=seed, device=torch.device("cpu"), precision="fp32", num_classes=data.num_classes,
+        original_train=data.original_train if with_original_train else None, original_test=data.original_test,
+        restricted_train=data.restricted_train, restricted_test=data.restricted_test, build_model=make_model,
+        recorder=Recorder(allowed=metric_names(the_task, plugin)), task=the_task, log=lambda message: None,
     )
 
 
@@ -58,8 +65,10 @@ def same_weights(a, b) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def check_plugin(kind: str, name: str, params: dict | None = None, *, registry=None) -> list[str]:
-    """Run a defense or attack twice on a tiny CPU cell; return the problems found (empty = fine).
+def check_plugin(kind: str, name: str, params: dict | None = None, *, task: str | None = None,
+                 registry=None) -> list[str]:
+    """Run a defense or attack twice on a tiny CPU cell of `task` (default: the first task it serves); return
+    the problems found (empty = fine).
 
     Checks that it runs, records a curve, returns a model of the same architecture, and that the same
     seed gives the same curve and weights (what `untunable plugin-check NAME` reports).
@@ -69,9 +78,11 @@ def check_plugin(kind: str, name: str, params: dict | None = None, *, registry=N
     reg = registry or default_registry()
     spec = reg.get(kind, name)
     resolved = spec.resolve(params, name)
+    served = spec.extra.get("tasks", DEFAULT_TASKS)
+    task = task or ("classification" if served == "any" else served[0])
     runs = []
     for _ in range(2):
-        ctx = tiny_context(resolved, registry=reg)
+        ctx = tiny_context(resolved, task=task, plugin=spec, registry=reg)
         start = seeded_model(ctx)
         model = spec.load()(ctx, start)
         runs.append((ctx.recorder.points, model))

@@ -20,10 +20,10 @@ from harness.engine.train import Diverged
 from harness.names import OPTIMIZERS
 from harness.plugins import Registry
 from harness.testing import same_weights, seeded_model, tiny_context
-from plugins import architectures
+from plugins import architectures, classification
 
 REGISTRY = Registry(strict=True)
-for module in (architectures, finetune, lora, adaptive, suites):
+for module in (classification, architectures, finetune, lora, adaptive, suites):
     REGISTRY.add(module, name=module.__name__)
 
 N_TRAIN, BATCH = 200, 32

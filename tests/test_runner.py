@@ -18,7 +18,7 @@ from harness.cli import main
 from harness.config import load_experiment
 from harness.plugins import registry
 from harness.runner import plan_cells, run
-from harness.store import MEASURES, SPLITS, X_UNITS, Store
+from harness.store import SPLITS, X_UNITS, Store
 from tests.conftest import TINY_EXPERIMENT
 
 
@@ -40,9 +40,10 @@ def test_tiny_grid_stores_curves_and_rerun_does_nothing(write_experiment, tmp_pa
     kinds = rows(results, "SELECT kind, start, status FROM cells ORDER BY kind, start")
     assert kinds == [("attack", "defense:none", "done"), ("attack", "original", "done"),
                      ("attack", "scratch", "done"), ("defend", "defense:none", "done"), ("pretrain", "original", "done")]
+    declared = {m.name for m in registry().get("task", "classification").measures}
     for metric, x_unit in rows(results, "SELECT DISTINCT metric, x_unit FROM points"):
         split, measure = metric.split("/")
-        assert split in SPLITS and measure in MEASURES and x_unit in X_UNITS
+        assert split in SPLITS and measure in declared and x_unit in X_UNITS
     curve = rows(results, "SELECT p.x FROM points p JOIN cells c ON c.key=p.key WHERE c.start='scratch' "
                           "AND p.metric='restricted/accuracy' AND p.x_unit='epoch' ORDER BY p.x")
     assert [x for (x,) in curve] == [0.0, 1.0]
@@ -86,6 +87,56 @@ def test_failing_cell_is_stored_and_others_continue(write_experiment, tmp_path):
     (error,) = set(rows(tmp_path / "r", "SELECT error FROM cells WHERE status='failed'"))
     assert "ValueError: boom at epoch 0" in error[0] and "Traceback" in error[0]
     assert rows(tmp_path / "r", "SELECT count(*) FROM points p JOIN cells c ON c.key=p.key WHERE c.status='failed'")[0][0] > 0
+
+
+@pytest.fixture
+def test_attack():
+    """Register an attack plugin for one test (inline workers see it), and remove it afterwards."""
+    added = []
+
+    def add(name, factory, **extra):
+        plugin = types.SimpleNamespace(register_attacks=hookimpl(lambda register: register(
+            name, description="a test attack", factory=factory, **extra)))
+        registry().add(plugin, name=name)
+        added.append((name, plugin))
+
+    yield add
+    for name, plugin in added:
+        registry().pm.unregister(plugin)
+        registry().specs["attack"].pop(name, None)
+
+
+@pytest.mark.parametrize("metric", ["restricted/fid", "train/accuracy", "accuracy"])
+def test_an_unknown_metric_fails_its_cell_when_recorded(write_experiment, tmp_path, test_attack, metric):
+    """An undeclared name fails the cell at the point it is recorded; no row stays running, the run goes on."""
+    def record_fid(ctx, model):
+        ctx.record(model, on="restricted", epoch=0, step=0)
+        ctx.recorder.point(0, "epoch", metric, 1.0)
+        return model
+
+    test_attack("test-fid", record_fid)
+    text = TINY_EXPERIMENT.replace("attacks:\n", "attacks:\n  - {plugin: test-fid}\n")
+    summary = run_file(write_experiment(text), tmp_path / "r")
+    assert len(summary.failed) == 3 and summary.statuses["done"] == 5
+    assert rows(tmp_path / "r", "SELECT count(*) FROM cells WHERE status='running'") == [(0,)]
+    (error,) = set(rows(tmp_path / "r", "SELECT error FROM cells WHERE status='failed'"))
+    assert f"UnknownMetric: metric {metric!r} is not declared here" in error[0]
+    assert "record_fid" in error[0]  # the traceback points at the plugin line that recorded it
+
+
+def test_a_measure_declared_by_the_plugin_may_be_recorded(write_experiment, tmp_path, test_attack):
+    from harness import Measure
+
+    def record_extra(ctx, model):
+        ctx.record(model, on="restricted", epoch=0, step=0)
+        ctx.recorder.point(0, "epoch", "restricted/sharpness", 0.5)
+        return model
+
+    test_attack("test-extra", record_extra, measures=[Measure("sharpness", higher_is_better=False)])
+    text = TINY_EXPERIMENT.replace("attacks:\n", "attacks:\n  - {plugin: test-extra}\n")
+    summary = run_file(write_experiment(text), tmp_path / "r")
+    assert summary.ok
+    assert rows(tmp_path / "r", "SELECT count(*) FROM points WHERE metric='restricted/sharpness'") == [(3,)]
 
 
 def test_diverging_attack_is_a_result(write_experiment, tmp_path):

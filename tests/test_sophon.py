@@ -24,8 +24,9 @@ FAST = {"total_loop": 2, "adaptation_steps": 3, "batch_size": 40, "ntr_batch_siz
 
 
 def context(name: str = "sophon-ice", **overrides):
-    params = registry().get("defense", name).resolve({**FAST, **overrides}, name)
-    return tiny_context(params, arch_params={"width": 0.5}, n_train=120, n_test=60)
+    spec = registry().get("defense", name)
+    return tiny_context(spec.resolve({**FAST, **overrides}, name), arch_params={"width": 0.5}, n_train=120, n_test=60,
+                        plugin=spec)
 
 
 def batches(ctx, steps: int, batch_size: int = 40):

@@ -18,22 +18,39 @@ from harness.engine import seeding
 from harness.engine.data import Split
 from harness.engine.device import autocast
 from harness.engine.train import evaluate
+from harness.registry import DOMAINS, did_you_mean
+from harness.store import X_UNITS
+from harness.tasks import Objective, Task, UnknownMetric
 
 
 @dataclass
 class Recorder:
-    """Collects a cell's curve points and artifact files; the runner commits them in one transaction."""
+    """Collects a cell's curve points and artifact files; the runner commits them in one transaction.
+
+    `allowed` names the metrics this cell may record (the task's and the plugin's declared measures on
+    each domain): anything else raises UnknownMetric at once, so the cell fails where the mistake is.
+    """
 
     points: list[tuple[float, str, str, float]] = field(default_factory=list)
     artifacts: list[Path] = field(default_factory=list)
     notes: dict = field(default_factory=dict)
+    allowed: frozenset[str] | None = None
 
     def point(self, x: float, x_unit: str, metric: str, value: float) -> None:
+        if x_unit not in X_UNITS:
+            raise UnknownMetric(f"x unit {x_unit!r} of metric {metric!r} is not one of {list(X_UNITS)}")
+        if self.allowed is not None and metric not in self.allowed:
+            raise UnknownMetric(
+                f"metric {metric!r} is not declared here{did_you_mean(metric, sorted(self.allowed))}: a metric is "
+                f"'<domain>/<measure>' with domain restricted or original and a measure declared by the task or "
+                f"by the plugin's registration (measures=[Measure(...)]); known: {', '.join(sorted(self.allowed))}")
         self.points.append((float(x), x_unit, metric, float(value)))
 
 
 @dataclass
 class CellContext:
+    """What a defense or attack is handed: its parameters, its data role, the task, and a recorder (docs/api.md)."""
+
     params: dict
     seed: int
     device: torch.device
@@ -44,6 +61,7 @@ class CellContext:
     restricted_test: Split
     build_model: Callable[[], nn.Module]
     recorder: Recorder
+    task: Task
     original_train: Split | None = None
     workdir: Path | None = None
     log: Callable[[str], None] = print
@@ -55,30 +73,51 @@ class CellContext:
     def autocast(self):
         return autocast(self.device, self.precision)
 
-    def evaluate(self, model: nn.Module, split: Split) -> tuple[float, float]:
-        return evaluate(model, split, precision=self.precision)
+    # -- task-neutral: whatever the scenario's task trains with and measures ---------------------------
 
-    def record_restricted(self, model: nn.Module, *, epoch: float | None, step: int) -> float:
-        """Evaluate on the restricted test set and record accuracy and loss against epochs and steps.
+    def objective(self, stream: str) -> Objective:
+        """The task's training loss, its randomness (noise, timesteps) drawn from the named stream."""
+        return self.task.objective(self.generator(stream))
 
-        `epoch=None` records against steps only: the extra points of a step-budget attack between epochs.
-        """
-        accuracy, loss = self.evaluate(model, self.restricted_test)
+    def measure(self, model: nn.Module, split: Split) -> dict[str, float]:
+        """Every measure the task declares, on `split` (nothing is recorded)."""
+        return self.task.evaluate(model, split, precision=self.precision)
+
+    def score(self, model: nn.Module, split: Split) -> float:
+        """The task's score measure on `split` (accuracy for classifiers, MSE for denoisers)."""
+        return self.measure(model, split)[self.task.score.name]
+
+    def record(self, model: nn.Module, *, on: str, epoch: float | None, step: int | None = None) -> dict[str, float]:
+        """Evaluate on the `on` test set ("restricted" or "original") and record every measure against the
+        epoch and the step given (None skips that unit); return the measures."""
+        if on not in DOMAINS:
+            raise ValueError(f"on must be one of {list(DOMAINS)}, not {on!r}")
+        values = self.measure(model, self.restricted_test if on == "restricted" else self.original_test)
         for x, unit in ((epoch, "epoch"), (step, "step")):
             if x is None:
                 continue
-            self.recorder.point(x, unit, "restricted/accuracy", accuracy)
-            self.recorder.point(x, unit, "restricted/loss", loss)
-        return accuracy
+            for name, value in values.items():
+                self.recorder.point(x, unit, f"{on}/{name}", value)
+        return values
 
     def record_release(self, model: nn.Module, *, step: int) -> None:
-        """A defense's released model: original and restricted test metrics at epoch 0 and at its last `step`."""
-        original = self.record_original(model, epoch=0)
-        self.recorder.point(step, "step", "original/accuracy", original)
-        self.record_restricted(model, epoch=0, step=step)
+        """A defense's released model: original and restricted test measures at epoch 0, and the original score
+        and restricted measures at its last `step`."""
+        score = self.task.score.name
+        self.recorder.point(step, "step", f"original/{score}", self.record(model, on="original", epoch=0)[score])
+        self.record(model, on="restricted", epoch=0, step=step)
+
+    # -- classification helpers (kept for classification plugins) ------------------------------------
+
+    def evaluate(self, model: nn.Module, split: Split) -> tuple[float, float]:
+        """(accuracy, mean cross-entropy) of a classifier on `split`."""
+        return evaluate(model, split, precision=self.precision)
+
+    def record_restricted(self, model: nn.Module, *, epoch: float | None, step: int) -> float:
+        """`record(on="restricted")`, returning the score. `epoch=None` records against steps only: the extra
+        points of a step-budget attack between epochs."""
+        return self.record(model, on="restricted", epoch=epoch, step=step)[self.task.score.name]
 
     def record_original(self, model: nn.Module, *, epoch: float) -> float:
-        accuracy, loss = self.evaluate(model, self.original_test)
-        self.recorder.point(epoch, "epoch", "original/accuracy", accuracy)
-        self.recorder.point(epoch, "epoch", "original/loss", loss)
-        return accuracy
+        """`record(on="original")` against epochs only, returning the score."""
+        return self.record(model, on="original", epoch=epoch)[self.task.score.name]

@@ -23,20 +23,24 @@ NORMALISATIONS = ("per_domain", "imagenet", "none")
 
 @dataclass
 class Split:
-    """Images (N, C, H, W) float and labels (N,) long, on one device."""
+    """Images (N, C, H, W) float and labels (N,) long, on one device; `y` is None for unlabelled data."""
 
     x: torch.Tensor
-    y: torch.Tensor
+    y: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.x)
 
     def subset(self, index) -> "Split":
-        index = torch.as_tensor(index, dtype=torch.long, device=self.y.device)
-        return Split(self.x[index], self.y[index])
+        index = torch.as_tensor(index, dtype=torch.long, device=self.x.device)
+        return Split(self.x[index], None if self.y is None else self.y[index])
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x, y) of the examples at `index` (y None when unlabelled): what an objective is called with."""
+        return self.x[index], None if self.y is None else self.y[index]
 
     def to(self, device) -> "Split":
-        return Split(self.x.to(device), self.y.to(device))
+        return Split(self.x.to(device), None if self.y is None else self.y.to(device))
 
 
 @dataclass
@@ -90,6 +94,11 @@ def _stats(raw, train: torch.Tensor, normalisation: str, channels: int):
     return mean, std
 
 
+def _in_order(*tensors: torch.Tensor | None) -> list[torch.Tensor]:
+    """The tensors that exist (labels are absent for unlabelled data), in the order given."""
+    return [t for t in tensors if t is not None]
+
+
 def fingerprint(*tensors: torch.Tensor, settings: dict) -> str:
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for tensor in tensors:
@@ -109,8 +118,8 @@ def materialise(spec, params: dict, *, image_size: int, channels: int, normalisa
     if cache_file is not None and cache_file.exists():
         tensors = load_file(cache_file)
         meta = json.loads(tensors.pop("__meta__").numpy().tobytes().decode())
-        return Domain(spec.name, Split(tensors["train_x"], tensors["train_y"]),
-                      Split(tensors["test_x"], tensors["test_y"]), meta["num_classes"], meta["fingerprint"])
+        return Domain(spec.name, Split(tensors["train_x"], tensors.get("train_y")),
+                      Split(tensors["test_x"], tensors.get("test_y")), meta["num_classes"], meta["fingerprint"])
 
     raw = spec.load()(params, data_root=data_root, image_size=image_size)
     train = _resize(_convert_channels(_to_float_nchw(raw.train_x), channels), image_size)
@@ -118,16 +127,16 @@ def materialise(spec, params: dict, *, image_size: int, channels: int, normalisa
     mean, std = _stats(raw, train, normalisation, channels)
     mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
     train, test = (train - mean_t) / std_t, (test - mean_t) / std_t
-    train_y, test_y = torch.from_numpy(raw.train_y), torch.from_numpy(raw.test_y)
+    labels = {"train_y": torch.from_numpy(raw.train_y), "test_y": torch.from_numpy(raw.test_y)} if raw.labelled else {}
     settings["mean"], settings["std"] = list(mean), list(std)
-    domain = Domain(spec.name, Split(train, train_y), Split(test, test_y), raw.num_classes,
-                    fingerprint(train, train_y, test, test_y, settings={k: settings[k] for k in settings
-                                                                          if k != "version"}))
+    domain = Domain(spec.name, Split(train, labels.get("train_y")), Split(test, labels.get("test_y")),
+                    raw.num_classes, fingerprint(*_in_order(train, labels.get("train_y"), test, labels.get("test_y")),
+                                                 settings={k: settings[k] for k in settings if k != "version"}))
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         meta = json.dumps({"num_classes": domain.num_classes, "fingerprint": domain.fingerprint}).encode()
         tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        save_file({"train_x": train.contiguous(), "train_y": train_y, "test_x": test.contiguous(), "test_y": test_y,
+        save_file({"train_x": train.contiguous(), "test_x": test.contiguous(), **labels,
                    "__meta__": torch.frombuffer(bytearray(meta), dtype=torch.uint8)}, str(tmp))
         os.replace(tmp, cache_file)
     return domain
@@ -157,7 +166,8 @@ def restricted_roles(train: Split, mode: str, seed: int = 0) -> tuple[Split, Spl
         index_def = index_adv = torch.arange(len(train))
     else:
         share = 0.5 if mode == "halves" else float(mode.partition(":")[2])
-        index_def, index_adv = stratified_split(train.y, share, seed)
+        labels = train.y if train.y is not None else torch.zeros(len(train), dtype=torch.long)  # one stratum
+        index_def, index_adv = stratified_split(labels, share, seed)
     manifest = hashlib.sha256(index_def.numpy().tobytes() + b"|" + index_adv.numpy().tobytes()).hexdigest()
     return train.subset(index_def), train.subset(index_adv), manifest
 

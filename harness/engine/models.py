@@ -18,14 +18,19 @@ REQUIRED_ATTRIBUTES = ("head_path", "block_paths", "feature_path")
 
 
 def build_model(spec, params: dict, *, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
-    """Build an architecture and check it honours the contract above."""
+    """Build a classifier from an architecture plugin and check it honours the contract above."""
     model = spec.load()(params, in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+    check_classifier(model, spec.name)
+    return model
+
+
+def check_classifier(model: nn.Module, architecture: str) -> None:
+    """The classification task's model contract: the attributes above, and a head that is an nn.Linear."""
     missing = [a for a in REQUIRED_ATTRIBUTES if not hasattr(model, a)]
     if missing:
-        raise TypeError(f"architecture {spec.name!r} returned a model without {', '.join(missing)}")
+        raise TypeError(f"architecture {architecture!r} returned a model without {', '.join(missing)}")
     if not isinstance(model.get_submodule(model.head_path), nn.Linear):
-        raise TypeError(f"architecture {spec.name!r}: head_path {model.head_path!r} is not an nn.Linear")
-    return model
+        raise TypeError(f"architecture {architecture!r}: head_path {model.head_path!r} is not an nn.Linear")
 
 
 def head(model: nn.Module) -> nn.Linear:

@@ -8,6 +8,7 @@ share a start could later be run as one vmapped ensemble.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Callable, Iterable
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 from harness.engine.data import Split, batch_indices
 from harness.engine.device import autocast
 from harness.names import OPTIMIZERS, SCHEDULES
+from harness.tasks import Objective
 
 # algorithms.md §8.3: the weight decay each optimizer uses unless a config says otherwise
 DEFAULT_WEIGHT_DECAY = {"sgd_momentum": 1e-4, "nesterov": 1e-4, "sgd": 1e-4, "adagrad": 1e-4, "adadelta": 1e-4,
@@ -65,52 +67,69 @@ def make_schedule(optimizer: torch.optim.Optimizer, schedule: str, total_steps: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, split: Split, *, precision: str = "fp32", chunk: int = 1000) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) over the whole split, in eval mode and in chunks to bound memory.
+def cross_entropy_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Classification's training objective: mean cross-entropy of the logits (computed in fp32)."""
+    return F.cross_entropy(model(x).float(), y)
 
-    Every module's train/eval flag is restored afterwards, so layers a caller keeps in eval mode during
-    training (frozen BatchNorm statistics) stay that way.
+
+@contextmanager
+def evaluating(model: nn.Module):
+    """Eval mode for the duration, then every module's train/eval flag as it was.
+
+    Restoring per module keeps layers a caller holds in eval mode during training (frozen BatchNorm
+    statistics) that way.
     """
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, *, precision: str = "fp32", chunk: int = 1000) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of a classifier over the whole split, in eval mode and in chunks."""
     correct, loss_sum = 0, 0.0
     device = split.x.device
-    for start in range(0, len(split), chunk):
-        x, y = split.x[start:start + chunk], split.y[start:start + chunk]
-        with autocast(device, precision):
-            logits = model(x)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(dim=1) == y).sum().item()
-    for module, training in modes:
-        module.training = training
+    with evaluating(model):
+        for start in range(0, len(split), chunk):
+            x, y = split.x[start:start + chunk], split.y[start:start + chunk]
+            with autocast(device, precision):
+                logits = model(x)
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(dim=1) == y).sum().item()
     n = max(1, len(split))
     return correct / n, loss_sum / n
 
 
-def train_epochs(model: nn.Module, data: Split, optimizer: torch.optim.Optimizer, *, epochs: int, batch_size: int,
-                 generator: torch.Generator, schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
-                 precision: str = "fp32", drop_last: bool = True, loss_fn: Callable | None = None,
+def train_epochs(model: nn.Module, data: Split, optimizer: torch.optim.Optimizer, *, objective: Objective,
+                 epochs: int, batch_size: int, generator: torch.Generator,
+                 schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+                 precision: str = "fp32", drop_last: bool = True,
                  after_epoch: Callable[[int, int], None] | None = None, start_step: int = 0,
                  after_step: Callable[[int], None] | None = None,
                  train_mode: Callable[[nn.Module], None] | None = None) -> int:
     """Train for `epochs` epochs of shuffled batches; call `after_step(steps)` after every optimizer step and
     `after_epoch(epoch, steps)` after every epoch; return steps taken.
 
+    `objective(model, x, y) -> loss` is the task's training loss (`ctx.objective(...)`; classification's is
+    `cross_entropy_objective`); `y` is None for unlabelled data.
+
     `train_mode(model)` puts the model in training mode (default `model.train()`); attacks pass one that
     keeps BatchNorm layers in eval mode to freeze their statistics.
     Raises Diverged at the first non-finite loss, after the steps before it were taken.
     """
-    loss_fn = loss_fn or F.cross_entropy
     device = data.x.device
     steps = start_step
     (train_mode or type(model).train)(model)
     for epoch in range(1, epochs + 1):
         for index in batch_indices(len(data), batch_size, generator, drop_last):
-            index = index.to(device)
+            x, y = data.batch(index.to(device))
             with autocast(device, precision):
-                loss = loss_fn(model(data.x[index]).float(), data.y[index])
+                loss = objective(model, x, y)
             if not torch.isfinite(loss):
                 raise Diverged(f"loss became {loss.item()} at epoch {epoch}, step {steps + 1}")
             optimizer.zero_grad(set_to_none=True)
