@@ -72,3 +72,21 @@ def test_defenses_really_trained(root):
     sophon = [n["sophon"] for n in notes if "sophon" in n]
     assert len(sophon) >= 2
     assert all(s["iterations"] > 10 and not s["stopped_by_guard"] for s in sophon), sophon
+
+
+def test_classification_curves_did_not_move(root):
+    """Every curve point of configs/ci.yaml equals the one stored before tasks became plugins.
+
+    tests/fixtures/ci_curves.csv holds them; regenerate it only with a change that is meant to move
+    classification results (or edits configs/ci.yaml), and say so in the commit.
+    """
+    identity = ["kind", "scenario", "start", "attack", "seed", "x_unit", "x", "metric"]
+    with (Path(__file__).parent / "fixtures" / "ci_curves.csv").open(encoding="utf-8") as handle:
+        expected = {tuple(row[c] for c in identity): float(row["value"]) for row in csv.DictReader(handle)}
+    with sqlite3.connect(root / "results.sqlite") as db:
+        stored = {tuple(str(v) for v in row[:-1]): row[-1] for row in db.execute(
+            "SELECT c.kind, c.scenario, c.start, c.attack, c.seed, p.x_unit, p.x, p.metric, p.value "
+            "FROM points p JOIN cells c ON c.key = p.key")}
+    assert stored.keys() == expected.keys()
+    moved = {k: (stored[k], v) for k, v in expected.items() if stored[k] != pytest.approx(v, rel=1e-9, abs=1e-12)}
+    assert not moved, f"{len(moved)} points moved, e.g. {next(iter(moved.items()))}"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import types
@@ -16,7 +18,7 @@ from harness.cli import main
 from harness.plugins import PluginError, Registry
 from harness.registry import ConfigError
 
-FIXTURE = Path(__file__).parent / "fixtures" / "example_plugin"
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def plugin(**hooks):
@@ -140,16 +142,30 @@ def test_plugins_listing_imports_no_torch():
         assert column in done.stdout
 
 
-@pytest.fixture
-def example_plugin_installed(tmp_path):
-    """pip-install the fixture package (a real third-party distribution), and remove it afterwards."""
-    source = tmp_path / "example_plugin"
-    shutil.copytree(FIXTURE, source)
+@contextlib.contextmanager
+def installed(fixture: str, distribution: str, tmp_path):
+    """pip-install a fixture package (a real third-party distribution), and remove it afterwards."""
+    source = tmp_path / fixture
+    shutil.copytree(FIXTURES / fixture, source)
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(source)]
     subprocess.run(pip, check=True, capture_output=True)
-    yield
-    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", "untunable-example-plugin"],
-                   check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", distribution], check=True,
+                       capture_output=True)
+
+
+@pytest.fixture
+def example_plugin_installed(tmp_path):
+    with installed("example_plugin", "untunable-example-plugin", tmp_path):
+        yield
+
+
+@pytest.fixture
+def toy_task_installed(tmp_path):
+    with installed("toy_task", "untunable-toy-task", tmp_path):
+        yield
 
 
 def test_pip_installed_plugin_is_discovered_and_runs_in_a_grid(example_plugin_installed, write_experiment, tmp_path):
@@ -174,3 +190,59 @@ def test_pip_installed_plugin_is_discovered_and_runs_in_a_grid(example_plugin_in
     assert "3 cells: 0 reused, 3 done" in done.stdout
     curves = _cli("curves", str(tmp_path / "r"))
     assert "example-probe" in curves.stdout and "scratch" in curves.stdout
+
+
+TOY_EXPERIMENT = """
+    name: toy
+    seeds: [0, 1]
+    workers: 1
+    scenarios:
+      - name: brightness
+        task: brightness
+        original: {dataset: digits}
+        restricted: {dataset: digits, params: {limit_train: 400}}
+        architecture: {name: toy-regressor}
+        image_size: 8
+        normalisation: none
+        pretrain: {epochs: 2, batch_size: 64}
+    defenses:
+      - {plugin: none}
+    attacks:
+      - {plugin: finetune, label: adam, params: {optimizer: adam, lr: 0.001, epochs: 2, batch_size: 32}}
+    """
+
+
+def test_a_task_family_from_a_package_runs_a_grid(toy_task_installed, write_experiment, tmp_path):
+    """A third-party task (regression, no labels, no head) needs no core edit: plan, train, record, list."""
+    assert "brightness" in _cli("plugins").stdout
+    path = write_experiment(TOY_EXPERIMENT)
+    assert _cli("validate", str(path)).returncode == 0
+    done = _cli("run", str(path), "--results", str(tmp_path / "r"), "--quiet", "--no-leaderboard")
+    assert done.returncode == 0, done.stderr
+    assert "8 cells: 0 reused, 8 done" in done.stdout
+    with sqlite3.connect(tmp_path / "r" / "results.sqlite") as db:
+        metrics = {m for (m,) in db.execute("SELECT DISTINCT metric FROM points")}
+        scratch = db.execute("SELECT p.x, p.value FROM points p JOIN cells c ON c.key = p.key WHERE c.start = 'scratch'"
+                             " AND c.seed = 0 AND p.metric = 'restricted/mse' AND p.x_unit = 'epoch' ORDER BY p.x").fetchall()
+    assert metrics == {"restricted/mse", "original/mse"}
+    assert [x for x, _ in scratch] == [0.0, 1.0, 2.0] and scratch[-1][1] < scratch[0][1]  # training lowers the error
+    curves = _cli("curves", str(tmp_path / "r"), "--metric", "restricted/mse")
+    assert curves.returncode == 0 and "scratch" in curves.stdout
+
+
+def test_a_head_strategy_on_a_headless_task_is_refused_at_validate(toy_task_installed, write_experiment):
+    path = write_experiment(TOY_EXPERIMENT.replace("label: adam, params: {", "label: adam, params: {strategy: initFC+all, "))
+    done = _cli("validate", str(path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "strategy 'initFC+all' needs a classification head, which 'brightness' models do not have" in done.stderr
+
+
+def test_a_classification_defense_is_refused_on_another_task(toy_task_installed, write_experiment):
+    path = write_experiment(TOY_EXPERIMENT.replace("{plugin: none}", "{plugin: sophon-ice}"))
+    done = _cli("validate", str(path))
+    assert done.returncode == 2 and "defense 'sophon-ice' does not work on 'brightness' scenarios" in done.stderr
+
+
+def test_plugin_check_runs_an_attack_on_another_task(toy_task_installed):
+    done = _cli("plugin-check", "finetune", "--task", "brightness")
+    assert done.returncode == 0, done.stdout + done.stderr
