@@ -182,10 +182,22 @@ def _run(cell: Cell, runtime: Runtime, store: Store, recorder) -> list[Path]:
         if cell.deps:
             model = _load_input(store, cell.deps[0], model)
         ctx.record(model, on="original", epoch=0)  # intactness: the start as released, before any attack step
-        spec.load()(ctx, model)
-        return []
+        attacked = spec.load()(ctx, model)
+        return _save_pictures(ctx, attacked if attacked is not None else model, store.artifact_dir(cell.key))
     return [save_model(model, store.artifact_dir(cell.key) / "model.safetensors",
                        metadata={"cell": cell.key, "kind": cell.kind})]
+
+
+def _save_pictures(ctx, model, folder: Path) -> list[Path]:
+    """The task's pictures of the attacked model as PNG artifacts of the cell (docs/tasks.md)."""
+    from matplotlib.image import imsave
+
+    paths = []
+    for name, image in ctx.task.pictures(model, ctx.restricted_test, ctx.generator("pictures")).items():
+        path = folder / f"picture-{name}.png"
+        imsave(path, image)
+        paths.append(path)
+    return paths
 
 
 def execute(cell: Cell, runtime: Runtime) -> str:

@@ -226,6 +226,10 @@ def test_a_task_family_from_a_package_runs_a_grid(toy_task_installed, write_expe
                              " AND c.seed = 0 AND p.metric = 'restricted/mse' AND p.x_unit = 'epoch' ORDER BY p.x").fetchall()
     assert metrics == {"restricted/mse", "original/mse"}
     assert [x for x, _ in scratch] == [0.0, 1.0, 2.0] and scratch[-1][1] < scratch[0][1]  # training lowers the error
+    with sqlite3.connect(tmp_path / "r" / "results.sqlite") as db:
+        pictures = db.execute("SELECT a.path FROM artifacts a JOIN cells c ON c.key = a.key WHERE c.kind = 'attack'"
+                              " AND a.path LIKE '%.png'").fetchall()
+    assert len(pictures) == 6 and all(path.endswith("picture-brightness.png") for (path,) in pictures)
     curves = _cli("curves", str(tmp_path / "r"), "--metric", "restricted/mse")
     assert curves.returncode == 0 and "scratch" in curves.stdout
 
