@@ -193,7 +193,7 @@ def _save_pictures(ctx, model, folder: Path) -> list[Path]:
     from matplotlib.image import imsave
 
     paths = []
-    for name, image in ctx.task.pictures(model, ctx.restricted_test, ctx.generator("pictures")).items():
+    for name, image in ctx.task.render(model, ctx.restricted_test, ctx.generator("pictures")).items():
         path = folder / f"picture-{name}.png"
         imsave(path, image)
         paths.append(path)

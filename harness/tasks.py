@@ -95,7 +95,7 @@ class Task(ABC):
     def evaluate(self, model: "nn.Module", split: "Split", *, precision: str = "fp32") -> dict[str, float]:
         """Every declared measure on `split`, deterministically, leaving the model's train/eval modes as found."""
 
-    def pictures(self, model: "nn.Module", split: "Split", generator: "torch.Generator") -> dict[str, "np.ndarray"]:
+    def render(self, model: "nn.Module", split: "Split", generator: "torch.Generator") -> dict[str, "np.ndarray"]:
         """Images of what an attacked model does (name -> HxWx3 uint8), stored with its cell as PNG files for the
         leaderboard page; a task whose results read well as numbers returns none."""
         return {}
