@@ -145,6 +145,18 @@ def _serving(spec: PluginSpec, task: PluginSpec, where: str) -> PluginSpec:
     return spec
 
 
+def _construct(task: PluginSpec, params: dict, where: str) -> None:
+    """Build the task object once at validate time, so checks in its constructor (which must stay light: no
+    torch) reject bad parameters before anything runs; its ConfigErrors name the scenario."""
+    from harness.tasks import load_task
+
+    try:
+        load_task(task, params)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).removeprefix(f"{exc.where}: "), where=f"{where}.{exc.where}" if exc.where
+                          else where) from None
+
+
 def _check_attacks(attacks: list[AttackConfig], task: PluginSpec, registry, where: str) -> None:
     """Every attack config suits the scenario's task: declared tasks, then the attack's own `check(params, task)`."""
     for attack in attacks:
@@ -161,6 +173,7 @@ def _resolve(experiment: Experiment, registry) -> Resolved:
     for i, sc in enumerate(experiment.scenarios):
         task = registry.get("task", sc.task.name, where=f"scenarios[{i}].task.name")
         task_params = task.resolve(sc.task.params, f"scenarios[{i}].task.params")
+        _construct(task, task_params, f"scenarios[{i}]")
         datasets = {}
         for role in ("original", "restricted"):
             ref = getattr(sc, role)
