@@ -88,12 +88,11 @@ def scenario_task(scenario: dict):
 
 
 def _build_model_fn(scenario: dict, task, num_classes: int, device):
-    spec = _registry().get("architecture", scenario["architecture"]["name"])
+    from harness.tasks import model_builder
 
-    def build():
-        return task.build_model(spec, scenario["architecture"]["params"], in_channels=scenario["channels"],
-                                image_size=scenario["image_size"], num_classes=num_classes).to(device)
-    return build
+    return model_builder(task, _registry(), scenario["architecture"]["name"], scenario["architecture"]["params"],
+                         in_channels=scenario["channels"], image_size=scenario["image_size"],
+                         num_classes=num_classes, device=device)
 
 
 def _context(cell: Cell, runtime: Runtime, data: ScenarioData, recorder, *, seed: int, params: dict, role: str,
@@ -178,14 +177,31 @@ def _run(cell: Cell, runtime: Runtime, store: Store, recorder) -> list[Path]:
         spec = _registry().get("attack", attack["plugin"])
         ctx = _context(cell, runtime, data, recorder, seed=seed, params=attack["params"], role="attack", plugin=spec)
         seed_everything(derive_seed(seed, "scratch-init"))
-        model = ctx.build_model()
+        model = None if cell.config.get("source") == "none" else ctx.build_model()
         if cell.deps:
             model = _load_input(store, cell.deps[0], model)
-        ctx.record(model, on="original", epoch=0)  # intactness: the start as released, before any attack step
-        attacked = spec.load()(ctx, model)
-        return _save_pictures(ctx, attacked if attacked is not None else model, store.artifact_dir(cell.key))
+        if model is not None:
+            ctx.record(model, on="original", epoch=0)  # intactness: the start as released, before any attack step
+        handed = _oracle(cell, ctx, model) if spec.access == "black-box" and model is not None else model
+        attacked = spec.load()(ctx, handed)
+        shown = attacked if attacked is not None and attacked is not handed else model
+        return _save_pictures(ctx, shown, store.artifact_dir(cell.key)) if shown is not None else []
     return [save_model(model, store.artifact_dir(cell.key) / "model.safetensors",
                        metadata={"cell": cell.key, "kind": cell.kind})]
+
+
+def _oracle(cell: Cell, ctx, model):
+    """A black-box attack's view of its start: the scenario's API, the attack's query budget, and the defense's
+    output transform (when the start is a defense that has one)."""
+    from harness.engine.oracle import make_oracle
+    from harness.registry import load_reference
+
+    defense = cell.config.get("defense")
+    spec = _registry().get("defense", defense["plugin"]) if defense else None
+    transform = spec.extra.get("output_transform") if spec else None
+    return make_oracle(model, api=cell.config["scenario"]["api"], budget=ctx.params["queries"],
+                       precision=ctx.precision, transform=load_reference(transform) if transform else None,
+                       transform_params=defense["params"] if defense else None, generator=ctx.generator("oracle"))
 
 
 def _save_pictures(ctx, model, folder: Path) -> list[Path]:

@@ -40,14 +40,15 @@ def _runtime(args, experiment):
 
 
 def cmd_validate(args) -> int:
-    from harness.plan import resolve
+    from harness.plan import attack_runs, resolve
 
     experiment = _experiment(args.file)
     resolved = resolve(experiment, _registry())
-    seeds, starts = len(experiment.seeds), len(experiment.baselines) + len(resolved.defenses)
-    attacks = len(resolved.attacks) * seeds * starts * len(resolved.scenarios)
+    seeds, starts = len(experiment.seeds), len(resolved.reference_starts) + len(resolved.defenses)
+    attacks = attack_runs(resolved) * seeds * len(resolved.scenarios)
     print(f"{args.file}: ok — {len(resolved.scenarios)} scenario(s), {len(resolved.defenses)} defense(s), "
-          f"{len(resolved.attacks)} attack config(s) x {seeds} seed(s) x {starts} start(s) = {attacks} attack cells")
+          f"{len(resolved.attacks)} attack config(s) x {seeds} seed(s) x up to {starts} start(s) = {attacks} attack "
+          f"cells")
     return 0
 
 

@@ -56,6 +56,7 @@ class PretrainSettings(Strict):
 
 class Scenario(Strict):
     name: str
+    api: Literal["logits", "probabilities", "label", "representation"] = "logits"  # what a black-box attack sees
     task: TaskRef = Field(default_factory=TaskRef)
     original: DatasetRef
     restricted: DatasetRef
@@ -115,7 +116,7 @@ class Experiment(Strict):
     workers: int = Field(2, ge=0)
     data_root: str | None = None
     cache_dir: str | None = None
-    baselines: list[Literal["scratch", "original"]] = Field(default_factory=lambda: ["scratch", "original"])
+    baselines: list[str] | None = None  # reference starts; None = every one the experiment's attacks declare
     scenarios: list[Scenario] = Field(min_length=1)
     defenses: list[DefenseEntry] = Field(default_factory=list)
     attacks: list[AttackEntry] = Field(min_length=1)

@@ -15,10 +15,15 @@ from dataclasses import dataclass, field
 
 from harness.config import AttackEntry, Experiment, Scenario
 from harness.names import OPTIMIZERS
-from harness.registry import DEFAULT_TASKS, ConfigError, PluginSpec, did_you_mean
+from harness.registry import DEFAULT_TASKS, ConfigError, PluginSpec, ReferenceStart, did_you_mean
 
-THREAT_MODEL = ("white-box attacker with the released weights, who knows the defense and holds labelled "
-                "restricted-domain data (the adversary half); the defender never sees that half")
+THREAT_MODELS = {
+    "white-box": "white-box attacker with the released weights, who knows the defense and holds labelled "
+                 "restricted-domain data (the adversary half); the defender never sees that half",
+    "black-box": "black-box attacker who may only query the released model's API ({api}) within a counted query "
+                 "budget, knows the defense and holds restricted-domain data (the adversary half); the defender "
+                 "never sees that half",
+}
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,22 @@ class Resolved:
     defenses: list[tuple[str, PluginSpec, dict, int]]
     attacks: list[AttackConfig]
     specs: dict[str, PluginSpec]
+    reference_starts: list[ReferenceStart]
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where an attack cell begins: a reference start (scratch, original, or one an attack family declares)
+    or a defense's released model. `name` is what the store's `cells.start` says."""
+
+    name: str
+    source: str  # fresh | original | none | defense
+    input: "Cell | None" = None
+    defense: dict | None = None
+
+    def applies_to(self, attack_spec: PluginSpec) -> bool:
+        """Defenses are attacked by every attack; a reference start only by the attacks that declare it."""
+        return self.source == "defense" or any(s.name == self.name for s in attack_spec.starts)
 
 
 @dataclass
@@ -198,7 +219,31 @@ def _resolve(experiment: Experiment, registry) -> Resolved:
         _check_attacks(attacks, rs.task[0], registry, f"scenarios[{i}].task")
     for kind in ("task", "dataset", "architecture", "defense", "attack"):
         specs.update({f"{kind}:{s.name}": s for s in registry.all(kind)})
-    return Resolved(experiment, scenarios, defenses, attacks, specs)
+    starts = _reference_starts(experiment.baselines, [specs[f"attack:{a.plugin}"] for a in attacks])
+    return Resolved(experiment, scenarios, defenses, attacks, specs, starts)
+
+
+def _reference_starts(baselines: list[str] | None, attack_specs: list[PluginSpec]) -> list[ReferenceStart]:
+    """The reference starts the experiment's attacks declare, in order; `baselines` (if given) picks among them.
+
+    Two attacks declaring one name must mean the same start."""
+    declared: dict[str, ReferenceStart] = {}
+    for spec in attack_specs:
+        for start in spec.starts:
+            known = declared.setdefault(start.name, start)
+            if known.source != start.source:
+                raise ConfigError(f"attacks declare reference start {start.name!r} with two sources "
+                                  f"({known.source!r}, {start.source!r}), one of them by {spec.name!r}",
+                                  where="attacks")
+    if baselines is None:
+        return list(declared.values())
+    for i, name in enumerate(baselines):
+        if name not in declared:
+            raise ConfigError(f"no attack of this experiment runs from {name!r}{did_you_mean(name, list(declared))}; "
+                              f"their reference starts: {', '.join(declared)}", where=f"baselines[{i}]")
+    if len(set(baselines)) != len(baselines):
+        raise ConfigError("each baseline may be listed once", where="baselines")
+    return [declared[name] for name in baselines]
 
 
 def content_key(payload: dict) -> str:
@@ -227,11 +272,8 @@ def build_cells(resolved: Resolved, data_facts: dict[str, dict], precision: str 
                         sc.name, "original", "", sc.pretrain.seed, pretrain_config, base_versions)
         cells.append(pretrain)
 
-        starts: dict[str, tuple[Cell | None, dict | None]] = {}
-        if "scratch" in exp.baselines:
-            starts["scratch"] = (None, None)
-        if "original" in exp.baselines:
-            starts["original"] = (pretrain, None)
+        starts = [Start(s.name, s.source, pretrain if s.source == "original" else None)
+                  for s in resolved.reference_starts]
         for label, spec, params, seed in resolved.defenses:
             versions = {**base_versions, f"defense:{spec.name}": spec.cache_version}
             defense = {"name": label, "plugin": spec.name, "params": params}
@@ -239,24 +281,35 @@ def build_cells(resolved: Resolved, data_facts: dict[str, dict], precision: str 
             cell = Cell(content_key({"kind": "defend", **config, "seed": seed, "versions": versions}), "defend",
                         sc.name, f"defense:{label}", "", seed, config, versions, [pretrain.key])
             cells.append(cell)
-            starts[f"defense:{label}"] = (cell, defense)
+            starts.append(Start(f"defense:{label}", "defense", cell, defense))
 
-        for start, (input_cell, defense) in starts.items():
+        for start in starts:
             for attack in resolved.attacks:
                 spec = resolved.specs[f"attack:{attack.plugin}"]
-                versions = {**(input_cell.versions if input_cell else base_versions),
+                if not start.applies_to(spec):
+                    continue
+                versions = {**(start.input.versions if start.input else base_versions),
                             f"attack:{spec.name}": spec.cache_version}
                 for seed in exp.seeds:
-                    inputs = [input_cell.key] if input_cell else []
-                    config = {**common, "start": start, "defense": defense, "inputs": inputs,
+                    inputs = [start.input.key] if start.input else []
+                    config = {**common, "start": start.name, "source": start.source, "defense": start.defense,
+                              "inputs": inputs,
                               "attack": {"plugin": attack.plugin, "params": attack.params, "label": attack.label},
-                              "scale": _scale(sc, facts, attack), "threat": THREAT_MODEL}
+                              "scale": _scale(sc, facts, attack),
+                              "threat": THREAT_MODELS[spec.access].format(api=sc.api)}
                     identity = {k: v for k, v in config.items() if k not in ("scale", "threat")}
                     # the label is presentation: the same config under two labels is one cell
                     identity["attack"] = {"plugin": attack.plugin, "params": attack.params}
                     key = content_key({"kind": "attack", **identity, "seed": seed, "versions": versions})
-                    cells.append(Cell(key, "attack", sc.name, start, attack.label, seed, config, versions, inputs))
+                    cells.append(Cell(key, "attack", sc.name, start.name, attack.label, seed, config, versions, inputs))
     return cells
+
+
+def attack_runs(resolved: Resolved) -> int:
+    """How many (start, attack config) pairs a scenario runs per seed: what `validate` counts."""
+    starts = [Start(s.name, s.source) for s in resolved.reference_starts]
+    starts += [Start(f"defense:{label}", "defense") for label, *_ in resolved.defenses]
+    return sum(start.applies_to(resolved.specs[f"attack:{a.plugin}"]) for start in starts for a in resolved.attacks)
 
 
 def memberships(cells: list[Cell], resolved: Resolved):

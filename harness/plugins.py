@@ -15,7 +15,8 @@ from importlib import metadata
 import pluggy
 
 from harness.hookspecs import PROJECT, Specs
-from harness.registry import ConfigError, Measure, Param, PluginSpec, did_you_mean
+from harness.registry import (ACCESS_LEVELS, DEFAULT_STARTS, ConfigError, Measure, Param, PluginSpec, ReferenceStart,
+                              did_you_mean)
 
 HOOK_KINDS = {
     "register_tasks": "task",
@@ -112,7 +113,7 @@ class Registry:
             params = tuple(params)
             if not all(isinstance(p, Param) for p in params):
                 raise PluginError(f"{kind} {name!r}: params must be harness.Param objects")
-            extra = _checked_extra(kind, name, extra)
+            extra = _checked_extra(kind, name, extra, params)
             collected.append(PluginSpec(kind=kind, name=name, description=description.strip().splitlines()[0]
                                         if description.strip() else "", factory=factory, params=params,
                                         version=str(version), distribution=distribution,
@@ -143,7 +144,7 @@ class Registry:
         getattr(self.pm.hook, hook)(**kwargs)
 
 
-def _checked_extra(kind: str, name: str, extra: dict) -> dict:
+def _checked_extra(kind: str, name: str, extra: dict, params: tuple) -> dict:
     """Normalise the descriptor fields the core reads: `measures` (Measure objects) and `tasks` (names or "any")."""
     measures = tuple(extra.get("measures", ()))
     if not all(isinstance(m, Measure) for m in measures):
@@ -155,7 +156,21 @@ def _checked_extra(kind: str, name: str, extra: dict) -> dict:
         if isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks):
             raise PluginError(f"{kind} {name!r}: tasks must be a list of task names or \"any\"")
         tasks = tuple(tasks)
-    return {**extra, "measures": measures, **({"tasks": tasks} if tasks is not None else {})}
+    extra = {**extra, "measures": measures, **({"tasks": tasks} if tasks is not None else {})}
+    return _checked_attack(name, extra, params) if kind == "attack" else extra
+
+
+def _checked_attack(name: str, extra: dict, params: tuple) -> dict:
+    """An attack's reference starts (ReferenceStart objects) and access level; a black-box one has a query budget."""
+    starts = tuple(extra.get("starts", DEFAULT_STARTS))
+    if not starts or not all(isinstance(s, ReferenceStart) for s in starts):
+        raise PluginError(f"attack {name!r}: starts must be a non-empty list of harness.ReferenceStart objects")
+    access = extra.get("access", "white-box")
+    if access not in ACCESS_LEVELS:
+        raise PluginError(f"attack {name!r}: access must be one of {list(ACCESS_LEVELS)}, not {access!r}")
+    if access == "black-box" and not any(p.name == "queries" and p.type == "int" for p in params):
+        raise PluginError(f"attack {name!r}: a black-box attack declares an int 'queries' parameter (its query budget)")
+    return {**extra, "starts": starts, "access": access}
 
 
 _DEFAULT: Registry | None = None

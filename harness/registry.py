@@ -59,6 +59,36 @@ class Measure:
         return 1 if self.higher_is_better else -1
 
 
+START_SOURCES = ("fresh", "original", "none")
+ACCESS_LEVELS = ("white-box", "black-box")
+APIS = ("logits", "probabilities", "label", "representation")
+
+
+@dataclass(frozen=True)
+class ReferenceStart:
+    """A baseline an attack runs from besides the defenses' released models (docs/starts-and-access.md).
+
+    `source` says what the attack is handed: "fresh" a new model of the scenario's architecture, "original"
+    the unprotected pretrained model, "none" no model at all (the attack trains something of its own, as
+    a distillation student without a teacher).
+    """
+
+    name: str
+    source: str
+    description: str = ""
+
+    def __post_init__(self):
+        if not self.name or self.name.startswith("defense:") or "/" in self.name:
+            raise ValueError(f"ReferenceStart name must be non-empty, without '/', not 'defense:...': {self.name!r}")
+        if self.source not in START_SOURCES:
+            raise ValueError(f"ReferenceStart {self.name!r}: source must be one of {list(START_SOURCES)}")
+
+
+SCRATCH = ReferenceStart("scratch", "fresh", "a randomly initialised model of the scenario's architecture")
+ORIGINAL = ReferenceStart("original", "original", "the unprotected original")
+DEFAULT_STARTS = (SCRATCH, ORIGINAL)
+
+
 @dataclass(frozen=True)
 class Param:
     """One declared plugin parameter: type, default, and the range or choices it may take."""
@@ -108,6 +138,17 @@ class Param:
         return out
 
 
+def load_reference(reference: str | Callable) -> Callable:
+    """A callable given as itself or as an import string "module:attribute" (imported only now)."""
+    if callable(reference):
+        return reference
+    module, _, attr = str(reference).partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 @dataclass
 class PluginSpec:
     """What a plugin registers: enough to list, validate and key a plugin without importing it."""
@@ -124,13 +165,7 @@ class PluginSpec:
 
     def load(self) -> Callable:
         """Import and return the factory (the first heavy import happens here)."""
-        if callable(self.factory):
-            return self.factory
-        module, _, attr = str(self.factory).partition(":")
-        obj = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        return obj
+        return load_reference(self.factory)
 
     def resolve(self, given: dict | None, where: str) -> dict:
         """Validate `given` against the schema and fill defaults; unknown keys are errors with a did-you-mean."""
@@ -149,6 +184,16 @@ class PluginSpec:
     def measures(self) -> tuple[Measure, ...]:
         """What this plugin records (a task: what it evaluates, the first being its score)."""
         return tuple(self.extra.get("measures", ()))
+
+    @property
+    def starts(self) -> tuple[ReferenceStart, ...]:
+        """The reference starts an attack runs from (scratch and original unless it declares its own)."""
+        return tuple(self.extra.get("starts", DEFAULT_STARTS))
+
+    @property
+    def access(self) -> str:
+        """An attack's access to its start: "white-box" (the weights) or "black-box" (an Oracle)."""
+        return self.extra.get("access", "white-box")
 
     def serves(self, task: str) -> bool:
         """Whether this plugin works on scenarios of `task` (declared with `tasks=[...]`, or "any")."""

@@ -118,3 +118,21 @@ def metric_names(task: Task, *plugins: PluginSpec | None) -> frozenset[str]:
     """The metric names a cell may record: `<domain>/<measure>` for the task's and the plugins' measures."""
     measures = [*task.measures, *(m for spec in plugins if spec is not None for m in spec.measures)]
     return frozenset(f"{domain}/{m.name}" for domain in DOMAINS for m in measures)
+
+
+def model_builder(task: Task, registry, architecture: str, arch_params: dict, *, in_channels: int, image_size: int,
+                  num_classes: int, device=None) -> Callable[..., "nn.Module"]:
+    """`ctx.build_model`: a fresh model of the scenario's architecture, or of any registered architecture that
+    serves the task (`build_model("cnn-m", {"width": 2})`: a distillation student of another size)."""
+    from harness.registry import ConfigError
+
+    def build(name: str | None = None, params: dict | None = None) -> "nn.Module":
+        spec = registry.get("architecture", name or architecture, where="build_model")
+        if not spec.serves(task.name):
+            raise ConfigError(f"architecture {spec.name!r} does not serve the {task.name!r} task", where="build_model")
+        resolved = arch_params if name is None else spec.resolve(params, f"build_model({spec.name!r})")
+        model = task.build_model(spec, resolved, in_channels=in_channels, image_size=image_size,
+                                 num_classes=num_classes)
+        return model.to(device) if device is not None else model
+
+    return build

@@ -34,17 +34,15 @@ def tiny_context(params: dict, *, seed: int = 0, task: str = "classification", t
     the names the recorder accepts, as in a real cell.
     """
     from harness.plugins import registry as default_registry
-    from harness.tasks import load_task, metric_names
+    from harness.tasks import load_task, metric_names, model_builder
 
     reg = registry or default_registry()
     the_task = load_task(reg.get("task", task), task_params)
     data = the_task.tiny_data(**sizes)
     arch = reg.get("architecture", architecture or data.architecture)
     arch_params = arch.resolve(arch_params if arch_params is not None else data.arch_params, "architecture")
-
-    def make_model():
-        return the_task.build_model(arch, arch_params, in_channels=data.channels, image_size=data.size,
-                                    num_classes=data.num_classes)
+    make_model = model_builder(the_task, reg, arch.name, arch_params, in_channels=data.channels,
+                               image_size=data.size, num_classes=data.num_classes)
 
     return CellContext(
         params=params, seed=seed, device=torch.device("cpu"), precision="fp32", num_classes=data.num_classes,
@@ -66,13 +64,15 @@ def same_weights(a, b) -> bool:
 
 
 def check_plugin(kind: str, name: str, params: dict | None = None, *, task: str | None = None,
-                 registry=None) -> list[str]:
+                 api: str = "logits", registry=None) -> list[str]:
     """Run a defense or attack twice on a tiny CPU cell of `task` (default: the first task it serves); return
     the problems found (empty = fine).
 
-    Checks that it runs, records a curve, returns a model of the same architecture, and that the same
-    seed gives the same curve and weights (what `untunable plugin-check NAME` reports).
+    Checks that it runs, records a curve, and that the same seed gives the same curve and weights; a defense
+    must return a model of the architecture it was given; a black-box attack is handed an Oracle answering
+    in the form `api` names, never the model (what `untunable plugin-check NAME` reports).
     """
+    from harness.engine.oracle import make_oracle
     from harness.plugins import registry as default_registry
 
     reg = registry or default_registry()
@@ -84,6 +84,8 @@ def check_plugin(kind: str, name: str, params: dict | None = None, *, task: str 
     for _ in range(2):
         ctx = tiny_context(resolved, task=task, plugin=spec, registry=reg)
         start = seeded_model(ctx)
+        if spec.extra.get("access") == "black-box":
+            start = make_oracle(start, api=api, budget=resolved["queries"], generator=ctx.generator("oracle"))
         model = spec.load()(ctx, start)
         runs.append((ctx.recorder.points, model))
     problems = []
@@ -94,6 +96,6 @@ def check_plugin(kind: str, name: str, params: dict | None = None, *, task: str 
         problems.append("the same seed gave a different curve: draw randomness from ctx.generator(...)")
     if model_a is None or not same_weights(model_a, model_b):
         problems.append("the same seed gave different final weights (or no model was returned)")
-    elif set(state_tensors(model_a)) != set(state_tensors(ctx.build_model())):
-        problems.append("the returned model does not have the architecture's parameter names")
+    elif kind == "defense" and set(state_tensors(model_a)) != set(state_tensors(ctx.build_model())):
+        problems.append("the released model does not have the architecture's parameter names")
     return problems

@@ -59,7 +59,7 @@ class CellContext:
     original_test: Split
     restricted_train: Split
     restricted_test: Split
-    build_model: Callable[[], nn.Module]
+    build_model: Callable[..., nn.Module]  # () -> the scenario's architecture; (name, params) -> another one
     recorder: Recorder
     task: Task
     original_train: Split | None = None
@@ -87,13 +87,14 @@ class CellContext:
         """The task's score measure on `split` (accuracy for classifiers, MSE for denoisers)."""
         return self.measure(model, split)[self.task.score.name]
 
-    def record(self, model: nn.Module, *, on: str, epoch: float | None, step: int | None = None) -> dict[str, float]:
+    def record(self, model: nn.Module, *, on: str, epoch: float | None, step: int | None = None,
+               queries: int | None = None) -> dict[str, float]:
         """Evaluate on the `on` test set ("restricted" or "original") and record every measure against the
-        epoch and the step given (None skips that unit); return the measures."""
+        epoch, the step and the number of oracle queries given (None skips that unit); return the measures."""
         if on not in DOMAINS:
             raise ValueError(f"on must be one of {list(DOMAINS)}, not {on!r}")
         values = self.measure(model, self.restricted_test if on == "restricted" else self.original_test)
-        for x, unit in ((epoch, "epoch"), (step, "step")):
+        for x, unit in ((epoch, "epoch"), (step, "step"), (queries, "queries")):
             if x is None:
                 continue
             for name, value in values.items():
