@@ -149,6 +149,35 @@ def load_reference(reference: str | Callable) -> Callable:
     return obj
 
 
+COLUMN_UNITS = ("score", "delta", "ratio", "steps", "raw", "percent")
+COLUMN_BETTER = ("higher", "lower", "score", "against-score", None)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A leaderboard column a metric plugin fills: its unit and which way is better for the defense.
+
+    unit: `score` (in the scenario's score measure), `delta` (a difference of scores: points for a percentage),
+    `ratio`, `steps`, `raw` or `percent`. better: `higher`, `lower`, `score` (the score measure's own direction),
+    `against-score` (the opposite: a defended model should stay bad at the restricted task) or None (no
+    direction). A name ending in `@t` stands for every column `<name>@<t>`.
+    """
+
+    name: str
+    unit: str
+    better: str | None = None
+    description: str = ""
+
+    def __post_init__(self):
+        if self.unit not in COLUMN_UNITS:
+            raise ValueError(f"Column {self.name!r}: unit must be one of {COLUMN_UNITS}, not {self.unit!r}")
+        if self.better not in COLUMN_BETTER:
+            raise ValueError(f"Column {self.name!r}: better must be one of {COLUMN_BETTER}, not {self.better!r}")
+
+    def covers(self, column: str) -> bool:
+        return column == self.name or (self.name.endswith("@t") and column.startswith(self.name[:-1]))
+
+
 @dataclass
 class PluginSpec:
     """What a plugin registers: enough to list, validate and key a plugin without importing it."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from harness import hookimpl
+from harness import Column, hookimpl
 from harness.leaderboard import build_leaderboard, print_leaderboard, write_leaderboard
 from harness.registry import ConfigError
 from tests.leaderboard_fixtures import build_store, built_in_registry, stored_points
@@ -215,11 +215,12 @@ class FinalLoss:
         points = curves.points
         loss = points[(points.metric == "restricted/loss") & (points.x_unit == "epoch")]
         last = loss.sort_values("x").groupby("key").tail(1)[["key", "value"]]
-        return curves.cells.merge(last, on="key").assign(metric="final_loss", unit="score")
+        return curves.cells.merge(last, on="key").assign(metric="final_loss")
 
     @hookimpl
     def register_metrics(self, register):
-        register("final_loss", description="restricted loss after the last epoch", factory=FinalLoss.final_loss)
+        register("final_loss", description="restricted loss after the last epoch", factory=FinalLoss.final_loss,
+                 columns=[Column("final_loss", "raw", "higher")])
 
 
 def test_third_party_metric_appears(results):

@@ -14,7 +14,8 @@ import math
 from html import escape
 from pathlib import Path
 
-from harness.leaderboard import Leaderboard, Matrix, Section, format_amount
+from harness.leaderboard import Leaderboard
+from harness.leaderboard.present import Matrix, Section
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 80rem; padding: 0 1rem; color: #222; }
@@ -24,6 +25,7 @@ td.label, th.label { text-align: left; }
 thead th { cursor: pointer; background: #f3f3f3; user-select: none; }
 thead th[aria-sort=ascending]::after { content: " \\25B2"; }
 thead th[aria-sort=descending]::after { content: " \\25BC"; }
+thead th[data-better=higher]::before { content: "\\2191 "; } thead th[data-better=lower]::before { content: "\\2193 "; }
 td.na { color: #a60; } td.censored { color: #06a; }
 .meta, .legend { margin: .2rem 0; } .legend, figcaption, .notes { color: #555; }
 .plots { display: flex; flex-wrap: wrap; gap: 1rem; } figure { margin: 0; max-width: 40rem; }
@@ -97,9 +99,9 @@ def _section(index: int, section: Section, figures: list) -> str:
                      f'{base64.b64encode(f.png).decode()}"><figcaption>{escape(f.caption)}</figcaption></figure>'
                      for f in figures)
     return (f'<section id="s{index}"><h2>{escape(section.title)}</h2>{threats}{scales}'
-            f'<p class="legend">{escape(section.legend)}</p>'
-            f'<h3>Over the suite</h3>{_table(section.matrix(False), f"s{index}-suite")}'
-            f'<h3>Per attack</h3>{_table(section.matrix(True), f"s{index}-attacks")}'
+            f'<p class="legend">{escape(section.legend)} {escape(section.directions)}</p>'
+            f'<h3>Over the suite</h3>{_table(section, False, f"s{index}-suite")}'
+            f'<h3>Per attack</h3>{_table(section, True, f"s{index}-attacks")}'
             + (f'<details class="notes" open><summary>Notes</summary><ul>{notes}</ul></details>' if notes else "")
             + f'<h3>Plugins</h3><dl>{plugins}</dl><div class="plots">{images}</div></section>\n')
 
@@ -109,24 +111,31 @@ def _plugin(plugin: dict) -> str:
     return f"<code>{escape(plugin['plugin'])}</code> <code>{escape(params)}</code> — {escape(plugin['description'])}"
 
 
-def _table(matrix: Matrix, table_id: str) -> str:
+def _table(section: Section, per_attack: bool, table_id: str) -> str:
+    matrix = section.matrix(per_attack)
     head = "".join(f'<th class="label" scope="col">{escape(c)}</th>' for c in matrix.labels)
-    head += "".join(f'<th scope="col">{escape(c)}</th>' for c in matrix.columns)
+    head += "".join(_header(c, matrix) for c in matrix.columns)
     body = "".join("<tr>" + "".join(f'<td class="label" data-sort="{escape(label)}">{escape(label)}</td>'
                                     for label in labels)
-                   + "".join(_cell(cell) for cell in cells) + "</tr>" for labels, cells in matrix.rows)
+                   + "".join(_cell(cell, section) for cell in cells) + "</tr>" for labels, cells in matrix.rows)
     return f'<table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _cell(record: dict | None) -> str:
+def _header(column: str, matrix: Matrix) -> str:
+    """A metric's column head; an arrow (CSS, so sorting by the name still works) shows which way is better."""
+    better = matrix.better.get(column, "")
+    hint = f' data-better="{better}" title="{better} is better for the defense"' if better else ""
+    return f'<th scope="col"{hint}>{escape(column)}</th>'
+
+
+def _cell(record: dict | None, section: Section) -> str:
     if record is None:
         return '<td data-sort="">—</td>'
-    unit, measure = record["unit"], record["measure"]
+    unit = record["unit"]
     details = [f"{record['n_seeds']} seed(s)"]
     if math.isfinite(record["ci_low"]):
-        details.append(f"95% CI [{format_amount(record['ci_low'], measure, unit)}, "
-                       f"{format_amount(record['ci_high'], measure, unit)}]")
-    details.append("per seed: " + ", ".join(f"{seed}: {format_amount(v, measure, unit)}"
+        details.append(f"95% CI [{section.amount(record['ci_low'], unit)}, {section.amount(record['ci_high'], unit)}]")
+    details.append("per seed: " + ", ".join(f"{seed}: {section.amount(v, unit)}"
                                             for seed, v in record["per_seed"].items()))
     if record["note"]:
         details.append(record["note"])

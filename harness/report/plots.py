@@ -16,7 +16,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from harness.leaderboard import FRACTION_MEASURES, Leaderboard, Section
+from harness.leaderboard import Leaderboard
+from harness.leaderboard.present import Section
 
 BASELINES = {"scratch": {"color": "0.35", "linestyle": "--", "marker": "s"},
              "original": {"color": "tab:blue", "linestyle": "-", "marker": "o"}}
@@ -87,7 +88,7 @@ def _png(figure) -> bytes:
 
 
 def _curves(section: Section, attack: str, rows) -> Plot:
-    scale = 100 if section.measure in FRACTION_MEASURES else 1
+    scale = 100 if section.percent else 1
     stats = rows.groupby(["start", "epoch"]).value.agg(["mean", "std"]) * scale
     figure, ax = _figure()
     for start in section.starts:
@@ -103,7 +104,8 @@ def _curves(section: Section, attack: str, rows) -> Plot:
     ax.set_title(_text(title), fontsize=9)
     ax.set_xlabel("attack epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel(f"restricted {section.measure}" + (" (%)" if scale == 100 else ""))
+    better = "higher" if section.score.higher_is_better else "lower"
+    ax.set_ylabel(f"restricted {section.measure}" + (" (%)" if scale == 100 else "") + f", {better} is better")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     caption = f"Restricted {section.measure} while attacking with {attack}: mean over seeds, band = ± std."

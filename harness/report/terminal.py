@@ -7,7 +7,8 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from harness.leaderboard import Leaderboard, Matrix
+from harness.leaderboard import Leaderboard
+from harness.leaderboard.present import Matrix
 
 
 def render(board: Leaderboard, console) -> None:
@@ -17,7 +18,7 @@ def render(board: Leaderboard, console) -> None:
             console.print(Text.assemble(("Threat model: ", "bold"), threat))
         for scale in section.scales:
             console.print(Text.assemble(("Scale: ", "bold"), scale))
-        console.print(Text(section.legend, style="dim"))
+        console.print(Text(f"{section.legend} {section.directions}".strip(), style="dim"))
         for table in (_table(section.matrix(False), "over the suite"), _table(section.matrix(True), "per attack")):
             print_unwrapped(console, table)
         for where, note in section.notes():

@@ -1,6 +1,7 @@
 """Machine-readable outputs: leaderboard.csv (tidy, one row per start × attack × metric) and leaderboard.json
-(the same rows grouped by section, with the threat model, scale and plugins). Values are raw fractions;
-`display` is what the tables show. An empty attack means a value over the whole suite."""
+(the same rows grouped by section, with the threat model, scale and plugins). Values are raw (fractions stay
+fractions); `display` is what the tables show; `better` is which way is better for the defense ('' = none).
+An empty attack means a value over the whole suite."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pandas as pd
 
 from harness.leaderboard import Leaderboard
 
-COLUMNS = ["scenario", "suite", "start", "attack", "metric", "unit", "measure", "n_seeds", "mean", "std", "ci_low",
-           "ci_high", "censored", "na", "display", "note", "per_seed"]
+COLUMNS = ["scenario", "suite", "start", "attack", "metric", "unit", "better", "measure", "n_seeds", "mean", "std",
+           "ci_low", "ci_high", "censored", "na", "display", "note", "per_seed"]
 
 
 def write_csv(board: Leaderboard, out_dir: Path) -> list[Path]:
@@ -31,6 +32,8 @@ def write_json(board: Leaderboard, out_dir: Path) -> list[Path]:
         "metrics": [{"name": m.name, "description": m.description, "version": m.version,
                      "distribution": m.distribution} for m in board.metrics],
         "sections": [{"scenario": s.scenario, "suite": s.suite, "measure": s.measure, "legend": s.legend,
+                      "score": {"name": s.score.name, "higher_is_better": s.score.higher_is_better,
+                                "display": s.score.display},
                       "threat": s.threats, "scale": s.scales, "seeds": s.seeds, "starts": s.starts,
                       "attacks": s.attack_plugins, "defenses": s.defense_plugins, "rows": _records(s.rows[COLUMNS])}
                      for s in board.sections],
