@@ -112,27 +112,39 @@ def cmd_list(args) -> int:
 
 
 def cmd_curves(args) -> int:
-    """The stored restricted-accuracy curves of every attack cell, one row per cell."""
+    """The stored curves of every attack cell, one row per cell and measure, each in its own unit (accuracy in %,
+    a loss or an MSE raw). Without --metric, each cell's restricted-domain score: its task's first measure."""
     from rich.table import Table
 
+    from harness.leaderboard.measures import declared_measures, format_measure, score_measure, task_of
     from harness.report.terminal import print_unwrapped
 
-    store = _results(args.results)
+    store, registry = _results(args.results), _registry()
     rows = store.db.execute(
-        "SELECT c.scenario, c.start, c.attack, c.seed, c.status, p.x, p.value FROM cells c JOIN points p ON p.key=c.key"
-        " WHERE c.kind='attack' AND p.metric=? AND p.x_unit='epoch' ORDER BY c.scenario, c.start, c.attack, c.seed, p.x",
-        (args.metric,)).fetchall()
+        "SELECT c.scenario, c.start, c.attack, c.seed, c.status, c.config_json, p.metric, p.x, p.value FROM cells c"
+        " JOIN points p ON p.key=c.key WHERE c.kind='attack' AND p.x_unit='epoch' AND (p.metric=? OR ? IS NULL)"
+        " ORDER BY c.scenario, c.start, c.attack, c.seed, p.metric, p.x", (args.metric, args.metric)).fetchall()
+    wanted: dict[str, str] = {}  # config_json -> the metric shown for its cell
     curves: dict[tuple, dict[float, float]] = {}
     for r in rows:
-        curves.setdefault((r["scenario"], r["start"], r["attack"], r["seed"], r["status"]), {})[r["x"]] = r["value"]
+        if r["config_json"] not in wanted:
+            wanted[r["config_json"]] = args.metric or "restricted/" + score_measure(
+                registry, task_of(json.loads(r["config_json"])), where=f"scenario {r['scenario']!r}").name
+        if r["metric"] == wanted[r["config_json"]]:
+            ident = (r["scenario"], r["start"], r["attack"], r["seed"], r["status"], r["metric"])
+            curves.setdefault(ident, {})[r["x"]] = r["value"]
+    measures = declared_measures(registry)
     epochs = sorted({x for curve in curves.values() for x in curve})
-    table = Table(title=f"{args.metric} by epoch ({args.results})")
-    for column in ("scenario", "start", "attack", "seed", "status"):
+    table = Table(title=f"{args.metric or 'restricted score'} by epoch ({args.results})")
+    for column in ("scenario", "start", "attack", "seed", "status", "metric"):
         table.add_column(column)
     for epoch in epochs:
         table.add_column(f"{epoch:g}", justify="right")
-    for ident, curve in curves.items():
-        table.add_row(*map(str, ident), *(f"{100 * curve[e]:.1f}" if e in curve else "" for e in epochs))
+    for (*ident, metric), curve in curves.items():
+        measure = measures.get(metric.partition("/")[2])
+        unit = " (%)" if measure is not None and measure.display == "percent" else ""
+        table.add_row(*map(str, ident), metric + unit, *(format_measure(curve[e], measure) if e in curve else ""
+                                                          for e in epochs))
     print_unwrapped(_console(), table)
     return 0
 
@@ -209,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("curves", help="print the stored curves of every attack cell")
     p.add_argument("results")
-    p.add_argument("--metric", default="restricted/accuracy")
+    p.add_argument("--metric", help="a recorded metric, e.g. original/loss (default: each cell's restricted score)")
     p.set_defaults(func=cmd_curves)
     p = sub.add_parser("leaderboard", help="metrics over stored curves: terminal table and files")
     p.add_argument("results")

@@ -67,8 +67,8 @@ def build_store(root: Path, *, defense: str = "x", attack_plugin: str = "finetun
     return root
 
 
-def _add(store, key, kind, start, attack, seed, config, points, status):
-    cell = SimpleNamespace(key=key, kind=kind, scenario=SCENARIO, start=start, attack=attack, seed=seed,
+def _add(store, key, kind, start, attack, seed, config, points, status, scenario=SCENARIO):
+    cell = SimpleNamespace(key=key, kind=kind, scenario=scenario, start=start, attack=attack, seed=seed,
                            config=config, versions={})
     store.mark_running(cell)
     store.finish(key, status, points=points, error="boom" if status == "failed" else None)
@@ -107,3 +107,38 @@ def stored_points(root: Path) -> list[dict]:
             "FROM points p JOIN cells c ON c.key = p.key JOIN memberships m ON m.key = c.key "
             "WHERE c.kind = 'attack' AND c.status IN ('done', 'diverged')")]
 
+
+
+# A lower-is-better scenario: task denoising, restricted/mse at epochs 0..3 (10 steps each), one suite "gen".
+# "ft-a": the original ends below scratch (R defined); "ft-b": scratch ends at or below the original (R n/a).
+DENOISING = "gen"
+MSE_CURVES = {
+    ("ft-a", "original"): {0: [0.90, 0.60, 0.50, 0.40], 1: [0.90, 0.62, 0.52, 0.42]},
+    ("ft-a", "scratch"): {0: [1.00, 0.80, 0.60, 0.48], 1: [1.00, 0.82, 0.62, 0.50]},
+    ("ft-a", "defense"): {0: [1.20, 1.00, 0.80, 0.70], 1: [1.20, 1.10, 0.90, 0.54]},
+    ("ft-b", "original"): {0: [0.90, 0.42, 0.44, 0.45], 1: [0.90, 0.50, 0.46, 0.45]},
+    ("ft-b", "scratch"): {0: [1.00, 0.70, 0.50, 0.43], 1: [1.00, 0.60, 0.48, 0.45]},
+    ("ft-b", "defense"): {0: [1.20, 0.60, 0.50, 0.47], 1: [1.20, 0.55, 0.47, 0.46]},
+}
+MSE_ORIGINAL_AT_0 = {"original": 0.30, "defense": 0.36, "scratch": 1.00}  # original/mse of the start model
+
+
+def build_denoising_store(root: Path) -> Path:
+    """Write the lower-is-better grid into `root` (results directory) and return it."""
+    store = Store(root)
+    members = []
+    for (attack, kind), per_seed in MSE_CURVES.items():
+        start = "defense:x" if kind == "defense" else kind
+        for seed, curve in per_seed.items():
+            key = f"{attack}-{kind}-{seed}"
+            config = {"scenario": {"name": DENOISING, "task": {"name": "denoising", "params": {}}},
+                      "attack": {"plugin": "finetune", "params": {"epochs": 3}},
+                      "defense": {"plugin": "sophon", "params": {}} if kind == "defense" else None}
+            points = [(0, "epoch", "original/mse", MSE_ORIGINAL_AT_0[kind])]
+            points += [(epoch * scale, unit, "restricted/mse", mse) for epoch, mse in enumerate(curve)
+                       for scale, unit in ((1, "epoch"), (STEPS_PER_EPOCH, "step"))]
+            _add(store, key, "attack", start, attack, seed, config, points, "done", scenario=DENOISING)
+            members.append((key, "gen", attack))
+    store.replace_memberships(members)
+    store.close()
+    return root

@@ -47,6 +47,7 @@ def format_amount(value: float | None, unit: str, percent: bool) -> str:
     shown in %, so scores are shown ×100 and their differences in points."""
     if value is None or not math.isfinite(value):
         return "n/a"
+    value += 0.0  # -0.0 (a sign-flipped zero) shows as 0
     if unit == "steps":
         return f"{value:,.0f}"
     if unit == "ratio":

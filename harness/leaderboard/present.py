@@ -147,8 +147,8 @@ def sections(curves: Curves, table: pd.DataFrame, registry: Registry) -> list[Se
             attacks=list(dict.fromkeys(cells.attack)),
             seeds=sorted(set(cells.seed)),
             threats=sorted({str(c.get("threat", "")) for c in configs} - {""}),
-            scales=list(dict.fromkeys(", ".join(f"{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}"
-                                                for k, v in (c.get("scale") or {}).items()) for c in configs)),
+            scales=[s for s in dict.fromkeys(", ".join(f"{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}"
+                                                 for k, v in (c.get("scale") or {}).items()) for c in configs) if s],
             attack_plugins={a: _describe(c.get("attack"), "attack", registry)
                             for a, c in zip(cells.attack, cells.config)},
             defense_plugins={s: _describe(c.get("defense"), "defense", registry)
