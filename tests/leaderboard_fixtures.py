@@ -67,11 +67,11 @@ def build_store(root: Path, *, defense: str = "x", attack_plugin: str = "finetun
     return root
 
 
-def _add(store, key, kind, start, attack, seed, config, points, status, scenario=SCENARIO):
+def _add(store, key, kind, start, attack, seed, config, points, status, scenario=SCENARIO, artifacts=()):
     cell = SimpleNamespace(key=key, kind=kind, scenario=scenario, start=start, attack=attack, seed=seed,
                            config=config, versions={})
     store.mark_running(cell)
-    store.finish(key, status, points=points, error="boom" if status == "failed" else None)
+    store.finish(key, status, points=points, artifacts=artifacts, error="boom" if status == "failed" else None)
 
 
 class Tasks:
@@ -121,10 +121,24 @@ MSE_CURVES = {
     ("ft-b", "defense"): {0: [1.20, 0.60, 0.50, 0.47], 1: [1.20, 0.55, 0.47, 0.46]},
 }
 MSE_ORIGINAL_AT_0 = {"original": 0.30, "defense": 0.36, "scratch": 1.00}  # original/mse of the start model
+NO_PICTURES = ("ft-b-scratch-0",)  # this cell stored none: the page shows seed 1's
+
+
+def cell_pictures(final_mse: float) -> dict:
+    """What a task's render could return: a 2×3 grid of 4×4 grey images, and a colour sample, per cell distinct."""
+    import numpy as np
+
+    from harness.pictures import image_grid
+
+    images = np.linspace(0, final_mse, 6 * 16).reshape(6, 1, 4, 4)
+    return {"denoised": image_grid(images, low=0, high=1.2, columns=3),
+            "samples": np.full((5, 7, 3), int(200 * final_mse), dtype=np.uint8)}
 
 
 def build_denoising_store(root: Path) -> Path:
-    """Write the lower-is-better grid into `root` (results directory) and return it."""
+    """Write the lower-is-better grid, with each attack cell's pictures, into `root` (results directory)."""
+    from harness.pictures import save_pictures
+
     store = Store(root)
     members = []
     for (attack, kind), per_seed in MSE_CURVES.items():
@@ -137,7 +151,9 @@ def build_denoising_store(root: Path) -> Path:
             points = [(0, "epoch", "original/mse", MSE_ORIGINAL_AT_0[kind])]
             points += [(epoch * scale, unit, "restricted/mse", mse) for epoch, mse in enumerate(curve)
                        for scale, unit in ((1, "epoch"), (STEPS_PER_EPOCH, "step"))]
-            _add(store, key, "attack", start, attack, seed, config, points, "done", scenario=DENOISING)
+            pictures = [] if key in NO_PICTURES else save_pictures(cell_pictures(curve[-1]), store.artifact_dir(key))
+            _add(store, key, "attack", start, attack, seed, config, points, "done", scenario=DENOISING,
+                 artifacts=pictures)
             members.append((key, "gen", attack))
     store.replace_memberships(members)
     store.close()

@@ -45,6 +45,14 @@ class Leaderboard:
 
         return render(self)
 
+    @cached_property
+    def pictures(self) -> dict[tuple, tuple]:
+        """The pictures attack cells stored (a task's `render`), per (scenario, suite, attack, start):
+        (seed, [Picture]) of the lowest seed that has them. Read from the store, never recomputed."""
+        from harness.pictures import shown_pictures
+
+        return shown_pictures(self.results_dir, self.curves.cells)
+
 
 def build_leaderboard(results_dir: str | Path, suites: list[str] | None = None,
                       registry: Registry | None = None) -> Leaderboard:

@@ -1,4 +1,5 @@
-"""leaderboard.html: one self-contained page (inline style and script, plots as data: URIs, no network requests).
+"""leaderboard.html: one self-contained page (inline style and script, plots and the pictures attack cells stored
+as data: URIs, no network requests).
 
 Every string from a config, the store or a plugin is HTML-escaped. The Content-Security-Policy admits only this
 page's own style and script (by hash) and data: images, so even a missed escape could neither run code nor
@@ -16,13 +17,14 @@ from pathlib import Path
 
 from harness.leaderboard import Leaderboard
 from harness.leaderboard.present import Matrix, Section
+from harness.pictures import png_size
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 80rem; padding: 0 1rem; color: #222; }
 table { border-collapse: collapse; margin: .5rem 0 1rem; }
 th, td { padding: .25rem .6rem; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
 td.label, th.label { text-align: left; }
-thead th { cursor: pointer; background: #f3f3f3; user-select: none; }
+table.sortable thead th { cursor: pointer; background: #f3f3f3; user-select: none; }
 thead th[aria-sort=ascending]::after { content: " \\25B2"; }
 thead th[aria-sort=descending]::after { content: " \\25BC"; }
 thead th[data-better=higher]::before { content: "\\2191 "; } thead th[data-better=lower]::before { content: "\\2193 "; }
@@ -30,6 +32,7 @@ td.na { color: #a60; } td.censored { color: #06a; }
 .meta, .legend { margin: .2rem 0; } .legend, figcaption, .notes { color: #555; }
 .plots { display: flex; flex-wrap: wrap; gap: 1rem; } figure { margin: 0; max-width: 40rem; }
 figure img { max-width: 100%; } section { margin-top: 2.5rem; }
+table.pictures td { vertical-align: top; text-align: center; } table.pictures img { image-rendering: pixelated; }
 """
 
 SCRIPT = """
@@ -76,7 +79,7 @@ def write(board: Leaderboard, out_dir: Path) -> list[Path]:
 def render(board: Leaderboard) -> str:
     contents = "".join(f'<li><a href="#s{i}">{escape(s.title)}</a></li>' for i, s in enumerate(board.sections))
     metrics = "".join(f"<dt>{escape(m.name)}</dt><dd>{escape(m.description)}</dd>" for m in board.metrics)
-    sections = "".join(_section(i, s, [p for p in board.plots if p.section == s.title])
+    sections = "".join(_section(i, s, [p for p in board.plots if p.section == s.title], _pictures(s, board.pictures))
                        for i, s in enumerate(board.sections))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
@@ -90,20 +93,54 @@ def render(board: Leaderboard) -> str:
             f'{sections}<script>{SCRIPT}</script></body></html>\n')
 
 
-def _section(index: int, section: Section, figures: list) -> str:
+def _section(index: int, section: Section, figures: list, pictures: str) -> str:
     threats = "".join(f'<p class="meta"><b>Threat model.</b> {escape(t)}</p>' for t in section.threats)
     scales = "".join(f'<p class="meta"><b>Scale.</b> {escape(s)}</p>' for s in section.scales)
     notes = "".join(f"<li>{escape(where)}: {escape(note)}</li>" for where, note in section.notes())
     plugins = "".join(f"<dt>{escape(name)}</dt><dd>{_plugin(p)}</dd>" for name, p in section.plugins())
-    images = "".join(f'<figure><img alt="{escape(f.title)}" src="data:image/png;base64,'
-                     f'{base64.b64encode(f.png).decode()}"><figcaption>{escape(f.caption)}</figcaption></figure>'
+    images = "".join(f'<figure>{_img(f.png, f.title)}<figcaption>{escape(f.caption)}</figcaption></figure>'
                      for f in figures)
     return (f'<section id="s{index}"><h2>{escape(section.title)}</h2>{threats}{scales}'
             f'<p class="legend">{escape(section.legend)} {escape(section.directions)}</p>'
             f'<h3>Over the suite</h3>{_table(section, False, f"s{index}-suite")}'
             f'<h3>Per attack</h3>{_table(section, True, f"s{index}-attacks")}'
             + (f'<details class="notes" open><summary>Notes</summary><ul>{notes}</ul></details>' if notes else "")
-            + f'<h3>Plugins</h3><dl>{plugins}</dl><div class="plots">{images}</div></section>\n')
+            + f'<h3>Plugins</h3><dl>{plugins}</dl><div class="plots">{images}</div>{pictures}</section>\n')
+
+
+def _img(png: bytes, alt: str, width: int | None = None) -> str:
+    size = f' width="{width}"' if width else ""
+    return f'<img alt="{escape(alt)}"{size} src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _pictures(section: Section, shown: dict) -> str:
+    """Per attack, a table of the pictures each start's attacked model produced (the task's render)."""
+    blocks = []
+    for attack in section.attacks:
+        rows = [(start, *shown[key]) for start in section.starts
+                if (key := (section.scenario, section.suite, attack, start)) in shown]
+        if not rows:
+            continue
+        labels = {p.name: p.label for _, _, pictures in rows for p in pictures}  # every name, first-seen order
+        head = '<th class="label" scope="col">start</th>' + "".join(
+            f'<th scope="col">{escape(label)}</th>' for label in labels.values())
+        body = "".join(_picture_row(attack, start, seed, pictures, list(labels)) for start, seed, pictures in rows)
+        blocks.append(f'<table class="pictures"><caption>After {escape(attack)}, final epoch</caption>'
+                      f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return "<h3>Pictures</h3>" + "".join(blocks) if blocks else ""
+
+
+def _picture_row(attack: str, start: str, seed: int, pictures: list, names: list[str]) -> str:
+    by_name = {p.name: p for p in pictures}
+    cells = "".join(f"<td>{_img(p.png, f'{attack} · {start} · {p.label}', _shown_width(p.png))}</td>"
+                    if (p := by_name.get(name)) else "<td>—</td>" for name in names)
+    return f'<tr><td class="label">{escape(start)}<br>seed {seed}</td>{cells}</tr>'
+
+
+def _shown_width(png: bytes) -> int:
+    """Small grids are scaled up by a whole factor (pixelated) so single pixels stay visible."""
+    width = png_size(png)[0]
+    return width * max(1, 256 // max(width, 1))
 
 
 def _plugin(plugin: dict) -> str:
