@@ -77,14 +77,14 @@ class Section:
 
     @property
     def legend(self) -> str:
-        """What the numbers are, in one line."""
+        """What the numbers are and which way is better, in one line."""
         what = f"restricted-domain {self.measure}" + (" in %" if self.percent else "")
         better = "higher" if self.score.higher_is_better else "lower"
         seeds = ", ".join(map(str, self.seeds))
         spread = f"mean ± std over {len(self.seeds)} seeds ({seeds})" if len(self.seeds) > 1 else f"1 seed ({seeds})"
         points = "; drop in points" if self.percent else ""
         return (f"Scores are {what} ({better} is better), {spread}{points}; "
-                "R = 0: no protection, 1: as hard as scratch.")
+                f"R = 0: no protection, 1: as hard as scratch. {self.directions}").rstrip()
 
     @property
     def directions(self) -> str:

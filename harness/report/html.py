@@ -101,7 +101,7 @@ def _section(index: int, section: Section, figures: list, pictures: str) -> str:
     images = "".join(f'<figure>{_img(f.png, f.title)}<figcaption>{escape(f.caption)}</figcaption></figure>'
                      for f in figures)
     return (f'<section id="s{index}"><h2>{escape(section.title)}</h2>{threats}{scales}'
-            f'<p class="legend">{escape(section.legend)} {escape(section.directions)}</p>'
+            f'<p class="legend">{escape(section.legend)}</p>'
             f'<h3>Over the suite</h3>{_table(section, False, f"s{index}-suite")}'
             f'<h3>Per attack</h3>{_table(section, True, f"s{index}-attacks")}'
             + (f'<details class="notes" open><summary>Notes</summary><ul>{notes}</ul></details>' if notes else "")

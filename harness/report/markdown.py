@@ -42,7 +42,7 @@ def _section(section: Section, figures: list) -> list[str]:
     lines = [f"## {escape(section.scenario)} · suite {escape(section.suite)}", ""]
     lines += [f"**Threat model.** {escape(threat)}  " for threat in section.threats]
     lines += [f"**Scale.** {escape(scale)}  " for scale in section.scales]
-    lines += [escape(f"{section.legend} {section.directions}".strip()), "", "### Over the suite", "", *_table(section.matrix(False)),
+    lines += [escape(section.legend), "", "### Over the suite", "", *_table(section.matrix(False)),
               "", "### Per attack", "", *_table(section.matrix(True)), ""]
     notes = section.notes()
     if notes:

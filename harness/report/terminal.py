@@ -18,7 +18,7 @@ def render(board: Leaderboard, console) -> None:
             console.print(Text.assemble(("Threat model: ", "bold"), threat))
         for scale in section.scales:
             console.print(Text.assemble(("Scale: ", "bold"), scale))
-        console.print(Text(f"{section.legend} {section.directions}".strip(), style="dim"))
+        console.print(Text(section.legend, style="dim"))
         for table in (_table(section.matrix(False), "over the suite"), _table(section.matrix(True), "per attack")):
             print_unwrapped(console, table)
         for where, note in section.notes():
