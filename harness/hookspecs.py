@@ -43,7 +43,8 @@ class Specs:
 
     @hookspec
     def register_metrics(self, register):
-        """Offer leaderboard metrics computed from stored curves."""
+        """Offer leaderboard metrics computed from stored curves, declaring the columns they fill:
+        `register(name=..., factory=..., columns=[Column(name, unit, better)...])`."""
 
     @hookspec
     def register_executors(self, register):

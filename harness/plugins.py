@@ -15,8 +15,8 @@ from importlib import metadata
 import pluggy
 
 from harness.hookspecs import PROJECT, Specs
-from harness.registry import (ACCESS_LEVELS, DEFAULT_STARTS, ConfigError, Measure, Param, PluginSpec, ReferenceStart,
-                              did_you_mean)
+from harness.registry import (ACCESS_LEVELS, DEFAULT_STARTS, Column, ConfigError, Measure, Param, PluginSpec,
+                              ReferenceStart, did_you_mean)
 
 HOOK_KINDS = {
     "register_tasks": "task",
@@ -145,18 +145,23 @@ class Registry:
 
 
 def _checked_extra(kind: str, name: str, extra: dict, params: tuple) -> dict:
-    """Normalise the descriptor fields the core reads: `measures` (Measure objects) and `tasks` (names or "any")."""
+    """Normalise the descriptor fields the core reads: `measures` (Measure objects), a metric's `columns` (Column
+    objects) and `tasks` (names or "any")."""
     measures = tuple(extra.get("measures", ()))
     if not all(isinstance(m, Measure) for m in measures):
         raise PluginError(f"{kind} {name!r}: measures must be harness.Measure objects")
     if kind == "task" and not measures:
         raise PluginError(f"task {name!r} must declare at least one measure (the first one ranks its scenarios)")
+    columns = tuple(extra.get("columns", ()))
+    if not all(isinstance(c, Column) for c in columns):
+        raise PluginError(f"{kind} {name!r}: columns must be harness.Column objects")
     tasks = extra.get("tasks")
     if tasks is not None and tasks != "any":
         if isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks):
             raise PluginError(f"{kind} {name!r}: tasks must be a list of task names or \"any\"")
         tasks = tuple(tasks)
-    extra = {**extra, "measures": measures, **({"tasks": tasks} if tasks is not None else {})}
+    extra = {**extra, "measures": measures, **({"columns": columns} if columns else {}),
+             **({"tasks": tasks} if tasks is not None else {})}
     return _checked_attack(name, extra, params) if kind == "attack" else extra
 
 

@@ -144,3 +144,13 @@ def test_curves_prints_each_measure_in_its_unit(tmp_path, monkeypatch, capsys):
     rows = _curve_rows(capsys.readouterr().out)
     assert rows[("toy", "defense:x", "ft-sgd", "0")] == ["restricted/loss", "1.9", "1.9", "1.8", "1.62"]  # 2 − acc
     assert not any(ident[0] == "gen" for ident in rows)  # denoising records no loss
+
+
+def test_columns_must_be_declared_as_column_objects():
+    class Sloppy:
+        @hookimpl
+        def register_metrics(self, register):
+            register("sloppy", factory="nowhere:metric", columns=[("R", "ratio")])
+
+    with pytest.raises(harness.plugins.PluginError, match="metric 'sloppy': columns must be harness.Column objects"):
+        built_in_registry(Sloppy())

@@ -92,7 +92,7 @@ def load_curves(results_dir: str | Path, suites: list[str] | None = None,
     if cells.empty:
         wanted = ", ".join(sorted({"restricted/" + m.name for m in measures.values()}))
         raise ConfigError(f"{path}: no attack cell recorded its task's score per epoch ({wanted})")
-    cells["sign"] = cells.scenario.map({scenario: 1 if m.higher_is_better else -1 for scenario, m in measures.items()})
+    cells["sign"] = cells.scenario.map({scenario: m.sign for scenario, m in measures.items()})
     cells["seed"] = cells.seed.astype(int)
     cells = cells.sort_values(["scenario", "rank"], kind="stable").drop(columns=["config_json", "member_rank"])
 

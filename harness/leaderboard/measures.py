@@ -26,10 +26,7 @@ def score_measure(registry: Registry, task: str, where: str) -> Measure:
     if spec is None:
         raise ConfigError(f"task {task!r} is not registered by any installed plugin"
                           f"{did_you_mean(task, list(registry.specs.get('task', {})))}", where=where)
-    measures = spec.extra.get("measures") or ()
-    if not measures:
-        raise ConfigError(f"task {task!r} declares no measures, so nothing can rank it", where=where)
-    return measures[0]
+    return spec.measures[0]  # registration guarantees at least one
 
 
 def declared_measures(registry: Registry) -> dict[str, Measure]:
@@ -37,7 +34,7 @@ def declared_measures(registry: Registry) -> dict[str, Measure]:
     declared: dict[str, Measure] = {}
     for kind in ("task", "defense", "attack"):
         for spec in registry.all(kind):
-            for measure in spec.extra.get("measures") or ():
+            for measure in spec.measures:
                 declared.setdefault(measure.name, measure)
     return declared
 
