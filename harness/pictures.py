@@ -1,8 +1,9 @@
 """Pictures a task renders of an attacked model (denoising: clean, noised and denoised test images, samples),
 stored as PNG artifacts of the attack cell and embedded in the leaderboard page.
 
-The cell writes them (`save_pictures`, at the end of an attack cell, from `Task.render`); the leaderboard reads
-them back (`stored_pictures`) without recomputing anything: only what the store holds is shown.
+The cell writes them (`save_pictures(task.render(model, restricted_test, generator), artifact_dir)`, at the end
+of an attack cell); the leaderboard reads them back (`stored_pictures`) without recomputing anything: only what
+the store holds is shown.
 """
 
 from __future__ import annotations
@@ -42,23 +43,32 @@ def image_grid(images: np.ndarray, *, low: float, high: float, columns: int = 8,
 
 def save_pictures(pictures: dict[str, np.ndarray], folder: Path) -> list[Path]:
     """Write each uint8 H×W or H×W×{1,3,4} array as `<folder>/pictures/<name>.png`, in the dict's order;
-    returns the paths for the cell's artifacts (their order is the order the page shows them in)."""
+    returns the paths for the cell's artifacts (their order is the order the page shows them in). Everything is
+    checked before anything is written."""
+    checked = {name: _checked(name, array) for name, array in pictures.items()}
+    if not checked:
+        return []
     from PIL import Image
 
     out = Path(folder) / FOLDER
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, array in pictures.items():
-        if not isinstance(name, str) or not NAME.fullmatch(name):
-            raise ValueError(f"picture name {name!r}: use letters, digits, '-' and '_' (at most 64)")
-        array = np.asarray(array)
-        if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))):
-            raise ValueError(f"picture {name!r}: expected a uint8 H×W or H×W×{{1,3,4}} array, "
-                             f"got {array.dtype} {array.shape}")
+    for name, array in checked.items():
         path = out / f"{name}.png"
-        Image.fromarray(array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array).save(path, format="PNG")
+        Image.fromarray(array).save(path, format="PNG")
         paths.append(path)
     return paths
+
+
+def _checked(name, array) -> np.ndarray:
+    """The picture as PIL takes it (H×W×1 becomes H×W), or ValueError naming it."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ValueError(f"picture name {name!r}: use letters, digits, '-' and '_' (at most 64)")
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))):
+        raise ValueError(f"picture {name!r}: expected a uint8 H×W or H×W×{{1,3,4}} array, "
+                         f"got {array.dtype} {array.shape}")
+    return array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array
 
 
 @dataclass

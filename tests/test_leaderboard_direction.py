@@ -80,7 +80,8 @@ class Spread:
     @staticmethod
     def spread(curves):
         final = curves.final()
-        spread = final.groupby(["scenario", "suite", "start", "seed"], as_index=False).value.agg(lambda v: v.max() - v.min())
+        per_start = final.groupby(["scenario", "suite", "start", "seed"], as_index=False).value
+        spread = per_start.agg(lambda v: v.max() - v.min())
         return spread.assign(attack="", metric="spread")
 
     @hookimpl
@@ -99,7 +100,8 @@ def test_declared_metric_direction_is_presented(tmp_path):
     board = build_leaderboard(results, registry=built_in_registry(Spread()))
     spread = row(board, "spread", "defense:x")
     assert spread["per_seed"] == pytest.approx({0: 0.92 - 0.38, 1: 0.93 - 0.16})
-    assert spread["unit"] == "delta" and spread["better"] == "lower" and spread["display"] == "65.5 ± 16.3"  # 0.23 / √2
+    assert spread["unit"] == "delta" and spread["better"] == "lower"
+    assert spread["display"] == "65.5 ± 16.3"  # in points: std = 0.23 / √2
     assert board.sections[0].directions.endswith("; lower drop, score@0, score@1, score@3, AUC, worst_case, spread.")
     assert '<th scope="col" data-better="lower" title="lower is better for the defense">spread</th>' in render(board)
     console = Console(record=True, width=300)

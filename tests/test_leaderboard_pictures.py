@@ -49,7 +49,7 @@ def test_a_store_without_pictures_has_no_pictures_section(tmp_path):
 def test_an_altered_picture_is_refused(tmp_path):
     results = build_denoising_store(tmp_path / "gen")
     (results / "artifacts" / "ft" / "ft-a-original-1" / "pictures" / "samples.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    with pytest.raises(ConfigError, match="ft-a-original-1/pictures/samples.png: picture missing or altered since cell"):
+    with pytest.raises(ConfigError, match="ft-a-original-1/pictures/samples.png: picture missing or altered"):
         write_leaderboard(results, formats=["html"], registry=built_in_registry())
 
 
@@ -66,5 +66,6 @@ def test_save_pictures_refuses_what_is_not_a_picture(tmp_path):
         save_pictures({"noisy": np.zeros((4, 4), dtype=np.float32)}, tmp_path)
     with pytest.raises(ValueError, match=r"picture name '\.\./x'"):
         save_pictures({"../x": np.zeros((4, 4), dtype=np.uint8)}, tmp_path)
+    assert save_pictures({}, tmp_path) == [] and not (tmp_path / "pictures").exists()  # a task without pictures
     [path] = save_pictures({"grey": np.zeros((4, 5, 1), dtype=np.uint8)}, tmp_path)
     assert path == tmp_path / "pictures" / "grey.png" and path.read_bytes()[:4] == b"\x89PNG"
