@@ -123,21 +123,24 @@ MSE_ORIGINAL_AT_0 = {"original": 0.30, "defense": 0.36, "scratch": 1.00}  # orig
 NO_PICTURES = ("ft-b-scratch-0",)  # this cell stored none: the page shows seed 1's
 
 
-def cell_pictures(final_mse: float) -> dict:
-    """What a task's render could return: a 2×3 grid of 4×4 grey images, and a colour sample, per cell distinct."""
+def store_pictures(folder: Path, final_mse: float) -> list[Path]:
+    """What the runner stores for a task whose render returns a 2×3 grid of 4×4 grey images and a colour sample
+    (distinct per cell): the runner's own code, given that render."""
     import numpy as np
 
+    from harness.cells import _save_pictures
     from harness.pictures import image_grid
 
     images = np.linspace(0, final_mse, 6 * 16).reshape(6, 1, 4, 4)
-    return {"denoised": image_grid(images, low=0, high=1.2, columns=3),
-            "samples": np.full((5, 7, 3), int(200 * final_mse), dtype=np.uint8)}
+    pictures = {"denoised": image_grid(images, low=0, high=1.2, columns=3),
+                "samples": np.full((5, 7, 3), int(200 * final_mse), dtype=np.uint8)}
+    ctx = SimpleNamespace(task=SimpleNamespace(render=lambda model, split, generator: pictures),
+                          restricted_test=None, generator=lambda name: None)
+    return _save_pictures(ctx, None, folder)
 
 
 def build_denoising_store(root: Path) -> Path:
     """Write the lower-is-better grid, with each attack cell's pictures, into `root` (results directory)."""
-    from harness.pictures import save_pictures
-
     store = Store(root)
     members = []
     for (attack, kind), per_seed in MSE_CURVES.items():
@@ -150,7 +153,7 @@ def build_denoising_store(root: Path) -> Path:
             points = [(0, "epoch", "original/mse", MSE_ORIGINAL_AT_0[kind])]
             points += [(epoch * scale, unit, "restricted/mse", mse) for epoch, mse in enumerate(curve)
                        for scale, unit in ((1, "epoch"), (STEPS_PER_EPOCH, "step"))]
-            pictures = [] if key in NO_PICTURES else save_pictures(cell_pictures(curve[-1]), store.artifact_dir(key))
+            pictures = [] if key in NO_PICTURES else store_pictures(store.artifact_dir(key), curve[-1])
             _add(store, key, "attack", start, attack, seed, config, points, "done", scenario=DENOISING,
                  artifacts=pictures)
             members.append((key, "gen", attack))
