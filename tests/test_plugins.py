@@ -232,6 +232,12 @@ def test_a_task_family_from_a_package_runs_a_grid(toy_task_installed, write_expe
     assert len(pictures) == 6 and all(path.endswith("picture-brightness.png") for (path,) in pictures)
     curves = _cli("curves", str(tmp_path / "r"), "--metric", "restricted/mse")
     assert curves.returncode == 0 and "scratch" in curves.stdout
+    board = _cli("leaderboard", str(tmp_path / "r"), "--format", "html", "--out", str(tmp_path / "site"))
+    assert board.returncode == 0, board.stderr
+    assert "restricted-domain mse (lower is better)" in board.stdout  # the task's declared direction
+    page = (tmp_path / "site" / "leaderboard.html").read_text()
+    for start in ("scratch", "original", "defense:none"):  # seed 0's stored picture after the attack
+        assert f'<img alt="adam · {start} · brightness"' in page
 
 
 def test_a_head_strategy_on_a_headless_task_is_refused_at_validate(toy_task_installed, write_experiment):
