@@ -123,8 +123,9 @@ class Section:
 
 
 def start_order(start: str) -> tuple:
-    """scratch, original, then the defenses by name."""
-    return (0 if start == "scratch" else 1 if start == "original" else 2, start)
+    """scratch, original, an attack's other reference starts (no-teacher, ...), then the defenses, by name."""
+    rank = {"scratch": 0, "original": 1}.get(start, 3 if start.startswith("defense:") else 2)
+    return rank, start
 
 
 def _describe(config: dict | None, kind: str, registry: Registry) -> dict:
