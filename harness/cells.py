@@ -208,9 +208,14 @@ def _save_pictures(ctx, model, folder: Path) -> list[Path]:
     """The task's pictures of the attacked model as PNG artifacts of the cell (docs/tasks.md)."""
     from matplotlib.image import imsave
 
+    from harness.pictures import NAME, PREFIX
+
     paths = []
     for name, image in ctx.task.render(model, ctx.restricted_test, ctx.generator("pictures")).items():
-        path = folder / f"picture-{name}.png"
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise ValueError(f"task {ctx.task.name!r} rendered a picture named {name!r}: use 1-64 letters, digits, "
+                             f"'-' or '_'")
+        path = folder / f"{PREFIX}{name}.png"
         imsave(path, image)
         paths.append(path)
     return paths

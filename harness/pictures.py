@@ -9,6 +9,7 @@ helps a task's render lay a batch of images out as one picture.
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from harness.registry import ConfigError
 from harness.store import DB_NAME
 
 PREFIX = "picture-"  # artifact file name: picture-<name>.png
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what a task's render may call a picture (it becomes a file name)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
