@@ -1,9 +1,12 @@
-"""SOPHON for classifiers, ICE and KLU (algorithms.md §2): make a released model hard to fine-tune on one domain.
+"""SOPHON (algorithms.md §2): make a released model hard to fine-tune on one domain; ICE and KLU for classifiers.
 
 Each outer iteration alternates fine-tuning suppression (FTS: simulate an attacker fine-tuning θ on the
 defender half of the restricted data, then move θ so that the simulated result does badly) with normal
-training reinforcement (NTR: cross-entropy on the original domain), then checks an accuracy guard that
-rolls a bad iteration back. The simulation is first-order MAML, accumulated one query graph at a time.
+training reinforcement (NTR: the task's training objective on the original domain). The simulation is
+first-order MAML, accumulated one query graph at a time. `SophonLoop` is that alternation for every task
+family; `Sophon` adds what the classification variants have on top (simulated environments, head
+re-initialisation, BatchNorm handling, an accuracy guard that rolls a bad iteration back, probes).
+The generation variants (defenses/sophon_generation.py) reuse the loop and the meta-gradient.
 
 Whether the defender sees half or all of the restricted training set is the scenario's `restricted_split`
 (the runner hands this plugin only R_def). torch is imported inside functions so listing plugins stays light.
@@ -135,7 +138,12 @@ def restricted_batches(data, stream, steps: int, generator):
 class MetaGradient:
     grads: dict  # parameter name -> tensor shaped like θ
     query_loss: float
-    query_accuracy: float
+    query_accuracy: float | None  # None when the simulation counts no hits (denoisers)
+
+
+def correct_predictions(logits, labels) -> int:
+    """How many query images a classifier gets right (the logged query accuracy)."""
+    return (logits.argmax(dim=1) == labels).sum().item()
 
 
 def inner_optimizer(name: str, tensors: list, lr: float):
@@ -156,9 +164,14 @@ def reinit_fast_head(model, fast: dict, generator) -> None:
 
 
 def fts_meta_gradient(model, batches, environment: Environment, query_loss, weights: list[float], *,
-                      head_generator=None, autocast=None) -> MetaGradient:
+                      head_generator=None, autocast=None, inner_loss=None,
+                      hits=correct_predictions) -> MetaGradient:
     """G = Σ_k w_k ∇ℓ_k(φ_k) by first-order MAML, keeping one graph alive at a time.
 
+    `batches` yield (support input, support target, query input, query target); an input is a tensor or a
+    tuple of the model's positional arguments (a denoiser's (x_t, t)). The simulated attacker minimises
+    `inner_loss(output, target)` (default cross-entropy), FTS minimises `query_loss(output, target)`, and
+    `hits(output, target)` counts correct query predictions for the log (None: no accuracy).
     φ are detached leaves updated in place by the inner optimizer; the model's own parameters and BN
     buffers are never touched (BN statistics go to a private copy). Because the inner gradients are
     constants, ∂φ_k/∂θ = I and the sum equals the reference's single backward through all query graphs.
@@ -170,6 +183,7 @@ def fts_meta_gradient(model, batches, environment: Environment, query_loss, weig
     import torch.nn.functional as F
     from torch.func import functional_call
 
+    inner_loss = inner_loss or F.cross_entropy
     fast = {name: p.detach().clone().requires_grad_(True) for name, p in model.named_parameters()}
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     if environment.head_mode == "initFC":
@@ -179,26 +193,29 @@ def fts_meta_gradient(model, batches, environment: Environment, query_loss, weig
     total = [torch.zeros_like(t) for t in tensors]
     loss_sum, correct, seen = 0.0, 0, 0
 
-    def forward(x):
+    def forward(inputs):
         with autocast() if autocast else contextlib.nullcontext():
-            return functional_call(model, (fast, buffers), (x,)).float()
+            args = inputs if isinstance(inputs, tuple) else (inputs,)
+            return functional_call(model, (fast, buffers), args).float()
 
     for weight, (support_x, support_y, query_x, query_y) in zip(weights, batches):
-        inner_grads = torch.autograd.grad(F.cross_entropy(forward(support_x), support_y), tensors)
+        inner_grads = torch.autograd.grad(inner_loss(forward(support_x), support_y), tensors)
         for tensor, grad in zip(tensors, inner_grads):
             tensor.grad = grad
         optimizer.step()
         if weight == 0.0:
             continue
-        logits = forward(query_x)
-        loss = query_loss(logits, query_y)
+        output = forward(query_x)
+        loss = query_loss(output, query_y)
         for acc, grad in zip(total, torch.autograd.grad(weight * loss, tensors)):
             acc.add_(grad)
         loss_sum += loss.item()
-        correct += (logits.argmax(dim=1) == query_y).sum().item()
+        if hits is not None:
+            correct += hits(output, query_y)
         seen += len(query_y)
     counted = sum(1 for w in weights if w)
-    return MetaGradient(dict(zip(fast, total)), loss_sum / max(1, counted), correct / max(1, seen))
+    accuracy = correct / max(1, seen) if hits is not None else None
+    return MetaGradient(dict(zip(fast, total)), loss_sum / max(1, counted), accuracy)
 
 
 # -- the outer loop (§2.2) -------------------------------------------------------------------------------
@@ -219,33 +236,34 @@ def outer_optimizers(model, params: dict):
     return (shared, params["alpha"]), (shared, params["beta"])
 
 
-class Sophon:
-    """The SOPHON training state for one defense cell: optimizers, batch streams, generators and guard data."""
+class SophonLoop:
+    """The FTS/NTR alternation every SOPHON family shares; subclasses supply what differs.
 
-    def __init__(self, ctx, model, query_loss):
-        from harness.engine.data import cycling_batches, stratified_split
-        from harness.engine.models import head_parameter_names
+    A subclass provides `outer_optimizers()` -> ((FTS optimizer, gradient scale), (NTR optimizer, scale)),
+    `meta_gradient()` -> {parameter name: G}, and may react to a non-finite NTR loss or to each NTR step.
+    `grad_leak` reproduces a reference bug of the generation code: the clipped meta-gradient is not cleared
+    before the next NTR step, so that step also pushes it through the NTR optimizer.
+    """
 
-        self.ctx, self.model, self.params, self.query_loss = ctx, model, ctx.params, query_loss
-        p = self.params
-        self.environments = parse_environments(p)
-        self.weights = {env: step_weights(env.steps, p["meta_grad_reduce"], p["step_weights"])
-                        for env in self.environments}
-        (self.fts_optimizer, self.fts_scale), (self.ntr_optimizer, self.ntr_scale) = outer_optimizers(model, p)
-        self.optimizers = list({id(o): o for o in (self.fts_optimizer, self.ntr_optimizer)}.values())
-        self.restricted = ctx.restricted_train
-        self.original, self.guard_split = ctx.original_train, ctx.original_test
-        if p["guard_split"] == "original_val":
-            val, rest = stratified_split(ctx.original_train.y, VAL_FRACTION, seed=0)
-            self.original, self.guard_split = ctx.original_train.subset(rest), ctx.original_train.subset(val)
-        self.ntr_stream = cycling_batches(len(self.original), p["ntr_batch_size"], ctx.generator("ntr/batches"),
+    grad_leak = False
+
+    def __init__(self, ctx, model, original):
+        from harness.engine.data import cycling_batches
+
+        self.ctx, self.model, self.params = ctx, model, ctx.params
+        (self.fts_optimizer, self.fts_scale), (self.ntr_optimizer, self.ntr_scale) = self.outer_optimizers()
+        self.restricted, self.original = ctx.restricted_train, original
+        self.ntr_objective = ctx.objective("ntr/objective")
+        self.ntr_stream = cycling_batches(len(original), self.params["ntr_batch_size"], ctx.generator("ntr/batches"),
                                           drop_last=False)
         self.fts_streams = {}
-        self.split_generator = ctx.generator("fts/support-query")
-        self.head_generator = ctx.generator("fts/head-init")
-        self.environment_generator = ctx.generator("fts/environment")
-        self.head_names = head_parameter_names(model)
         self.last_fts = None
+
+    def outer_optimizers(self):
+        raise NotImplementedError
+
+    def meta_gradient(self) -> dict:
+        raise NotImplementedError
 
     def fts_stream(self, batch_size: int):
         from harness.engine.data import cycling_batches
@@ -256,6 +274,88 @@ class Sophon:
                                                            drop_last=True)
         return self.fts_streams[batch_size]
 
+    def suppress(self) -> None:
+        """One FTS step: meta-gradient, clip to `meta_grad_clip`, FTS optimizer step."""
+        import torch
+
+        from harness.engine.train import Diverged
+
+        grads = self.meta_gradient()
+        self.fts_optimizer.zero_grad(set_to_none=True)
+        for name, parameter in self.model.named_parameters():
+            parameter.grad = grads[name]
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.params["meta_grad_clip"])
+        if not torch.isfinite(norm):
+            raise Diverged(f"non-finite FTS meta-gradient (norm {norm.item()})")
+        self.step(self.fts_optimizer, self.fts_scale, clear=not self.grad_leak)
+
+    def reinforce(self) -> None:
+        """One NTR step: the task's objective on an original-domain batch, in train mode (BN stats update here)."""
+        import torch
+
+        x, y = self.original.batch(next(self.ntr_stream).to(self.original.x.device))
+        if not self.grad_leak:
+            self.ntr_optimizer.zero_grad(set_to_none=True)
+        with self.ctx.autocast():
+            loss = self.ntr_objective(self.model, x, y)
+        if not torch.isfinite(loss):
+            self.ntr_optimizer.zero_grad(set_to_none=True)
+            self.non_finite_reinforcement(loss)
+            return
+        loss.backward()
+        self.step(self.ntr_optimizer, self.ntr_scale)
+
+    def non_finite_reinforcement(self, loss) -> None:
+        from harness.engine.train import Diverged
+
+        raise Diverged(f"non-finite NTR loss {loss.item()}")
+
+    def step(self, optimizer, scale: float, *, clear: bool = True) -> None:
+        if scale != 1.0:
+            for parameter in self.model.parameters():
+                parameter.grad.mul_(scale)
+        optimizer.step()
+        if clear:
+            optimizer.zero_grad(set_to_none=True)
+
+    def after_reinforcement(self, i: int, k: int) -> None:
+        """Called after the k-th NTR step of iteration i."""
+
+    def iterate(self, i: int) -> None:
+        """ml_loop FTS steps, then nl_loop NTR steps."""
+        p = self.params
+        for _ in range(p["ml_loop"]):
+            self.suppress()
+        for k in range(1, p["nl_loop"] + 1):
+            self.reinforce()
+            self.after_reinforcement(i, k)
+
+
+class Sophon(SophonLoop):
+    """Classification SOPHON for one defense cell: environments, head re-init, BN snapshots, guard and probes."""
+
+    def __init__(self, ctx, model, query_loss):
+        from harness.engine.data import stratified_split
+        from harness.engine.models import head_parameter_names
+
+        p, self.query_loss = ctx.params, query_loss
+        self.environments = parse_environments(p)
+        self.weights = {env: step_weights(env.steps, p["meta_grad_reduce"], p["step_weights"])
+                        for env in self.environments}
+        original, self.guard_split = ctx.original_train, ctx.original_test
+        if p["guard_split"] == "original_val":
+            val, rest = stratified_split(ctx.original_train.y, VAL_FRACTION, seed=0)
+            original, self.guard_split = ctx.original_train.subset(rest), ctx.original_train.subset(val)
+        super().__init__(ctx, model, original)
+        self.optimizers = list({id(o): o for o in (self.fts_optimizer, self.ntr_optimizer)}.values())
+        self.split_generator = ctx.generator("fts/support-query")
+        self.head_generator = ctx.generator("fts/head-init")
+        self.environment_generator = ctx.generator("fts/environment")
+        self.head_names = head_parameter_names(model)
+
+    def outer_optimizers(self):
+        return outer_optimizers(self.model, self.params)
+
     def chosen_environments(self) -> list[Environment]:
         import torch
 
@@ -265,7 +365,7 @@ class Sophon:
         return [self.environments[pick]]
 
     def meta_gradient(self) -> dict:
-        """G for this FTS call: one environment's, or the γ-weighted mean over all of them."""
+        """G for this FTS call: one environment's, or the γ-weighted mean over all of them (head zeroed by `drop`)."""
         chosen = self.chosen_environments()
         total_weight = sum(env.weight for env in chosen)
         combined = None
@@ -277,48 +377,10 @@ class Sophon:
             self.last_fts = result
             scaled = {name: g.mul_(env.weight / total_weight) for name, g in result.grads.items()}
             combined = scaled if combined is None else {n: combined[n].add_(scaled[n]) for n in combined}
-        return combined
-
-    def suppress(self) -> None:
-        """One FTS step: meta-gradient, optional head drop, clip to `meta_grad_clip`, FTS optimizer step."""
-        import torch
-
-        from harness.engine.train import Diverged
-
-        grads = self.meta_gradient()
         if self.params["fts_head_grad"] == "drop":
             for name in self.head_names:
-                grads[name].zero_()
-        self.fts_optimizer.zero_grad(set_to_none=True)
-        for name, parameter in self.model.named_parameters():
-            parameter.grad = grads[name]
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.params["meta_grad_clip"])
-        if not torch.isfinite(norm):
-            raise Diverged(f"non-finite FTS meta-gradient (norm {norm.item()})")
-        self.step(self.fts_optimizer, self.fts_scale)
-
-    def reinforce(self) -> None:
-        """One NTR step: cross-entropy on an original-domain batch, in train mode (BN stats update here)."""
-        import torch
-        import torch.nn.functional as F
-
-        from harness.engine.train import Diverged
-
-        index = next(self.ntr_stream).to(self.original.y.device)
-        self.ntr_optimizer.zero_grad(set_to_none=True)
-        with self.ctx.autocast():
-            loss = F.cross_entropy(self.model(self.original.x[index]).float(), self.original.y[index])
-        if not torch.isfinite(loss):
-            raise Diverged(f"non-finite NTR loss {loss.item()}")
-        loss.backward()
-        self.step(self.ntr_optimizer, self.ntr_scale)
-
-    def step(self, optimizer, scale: float) -> None:
-        if scale != 1.0:
-            for parameter in self.model.parameters():
-                parameter.grad.mul_(scale)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+                combined[name].zero_()
+        return combined
 
     def guard_accuracy(self) -> float:
         return self.ctx.evaluate(self.model, self.guard_split)[0]
@@ -381,15 +443,11 @@ class Sophon:
         if self.params["guard_split"] == "original_test":
             self.ctx.recorder.point(x, "step", "original/accuracy", accuracy)
 
-    def iterate(self, i: int) -> None:
-        """ml_loop FTS steps, then nl_loop NTR steps (evaluating the guard split after all but the last, if asked)."""
+    def after_reinforcement(self, i: int, k: int) -> None:
+        """With `ntr_eval_every_step`, evaluate the guard split after every NTR step but the last (as the reference)."""
         p = self.params
-        for _ in range(p["ml_loop"]):
-            self.suppress()
-        for k in range(1, p["nl_loop"] + 1):
-            self.reinforce()
-            if p["ntr_eval_every_step"] and k < p["nl_loop"]:
-                self.record_guard(i - 1 + k / p["nl_loop"], self.guard_accuracy())
+        if p["ntr_eval_every_step"] and k < p["nl_loop"]:
+            self.record_guard(i - 1 + k / p["nl_loop"], self.guard_accuracy())
 
     def run(self):
         """The outer loop with backups, the guard every `guard_every` iterations and probes; returns the release."""
