@@ -1,6 +1,8 @@
 """LoRA attack through peft (algorithms.md §8.5): low-rank adapters on every Conv2d and Linear but the head.
 
 The head is trained in full (peft's `modules_to_save`), kept for `direct` and re-initialised for `initFC`.
+A model without a head (a denoising UNet) gets adapters on every Conv2d and Linear, attention projections
+included, and only `direct` applies.
 Convolutions with groups > 1 (grouped, depthwise) are skipped because peft cannot merge them back into a
 plain module; their names go to the run's notes. Training and the curve come from `attacks.finetune`; the
 adapters are merged (`merge_and_unload`) before the last evaluation, so the returned model is a plain module
@@ -15,12 +17,14 @@ from attacks.finetune import HEAD_INIT, Recipe, fine_tune, prepare_head, trainin
 
 
 def lora_targets(model) -> tuple[list[str], list[str]]:
-    """(adapted, skipped) module names: every Conv2d and Linear except the head; grouped convolutions skipped."""
+    """(adapted, skipped) module names: every Conv2d and Linear except the head (if the model has one);
+    grouped convolutions skipped."""
     from torch import nn
 
+    head_path = getattr(model, "head_path", None)
     adapted, skipped = [], []
     for name, module in model.named_modules():
-        if name == model.head_path or not isinstance(module, (nn.Conv2d, nn.Linear)):
+        if name == head_path or not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
         (skipped if getattr(module, "groups", 1) > 1 else adapted).append(name)
     return adapted, skipped
@@ -33,19 +37,27 @@ def run(ctx, model):
     from peft import LoraConfig, get_peft_model
 
     params = ctx.params
-    prepare_head(ctx, model, reinit=params["strategy"] == "initFC", head_init=params["head_init"])
+    if ctx.task.head:
+        prepare_head(ctx, model, reinit=params["strategy"] == "initFC", head_init=params["head_init"])
     adapted, skipped = lora_targets(model)
     ctx.recorder.notes.update(lora_adapted=len(adapted), lora_skipped=skipped)
     config = LoraConfig(
         r=params["rank"], lora_alpha=params["alpha"] if params["alpha"] is not None else 2 * params["rank"],
         lora_dropout=params["dropout"], bias="none",
         target_modules="|".join(re.escape(name) for name in adapted),  # a string is matched in full, not by suffix
-        modules_to_save=[model.head_path],
+        modules_to_save=[model.head_path] if ctx.task.head else None,
     )
     peft_model = get_peft_model(model, config)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     return fine_tune(ctx, peft_model, trainable, Recipe.from_params(params),
                      release=lambda trained: trained.merge_and_unload())
+
+
+def check_strategy(params: dict, task) -> str | None:
+    """At validate time: initFC is refused on a task whose models have no head."""
+    if params["strategy"] == "initFC" and not task.extra.get("head", True):
+        return f"strategy 'initFC' re-initialises a classification head, which {task.name!r} models do not have; use direct"
+    return None
 
 
 @hookimpl
@@ -59,6 +71,6 @@ def register_attacks(register):
         Param("dropout", "float", 0.0, min=0.0, max=1.0, help="lora_dropout"),
         *training_params(optimizer="adamw", lr=1e-3),
     ]
-    register("lora", factory="attacks.lora:run", params=params, version="1",
+    register("lora", factory="attacks.lora:run", params=params, version="1", tasks="any", check=check_strategy,
              description="LoRA (peft) on every Conv2d/Linear but the head, head trained in full; merged for "
                          "evaluation")
