@@ -6,10 +6,7 @@ NTR step. The lean step (defenses/sophon.py) keeps one graph at a time and evalu
 iteration. Both run at the reference defaults (K = 50, B = 150) on the 28×28 `cnn-s`, from the same seed
 and model, in one pytest run; their meta-gradients must agree.
 
-Peak memory is the peak of "Total Allocated" over the CPU allocator events recorded by torch's profiler
-(`profile_memory=True`) during one extra, profiled iteration: it counts tensor bytes allocated after the
-profiler started (the data and weights alive before are the same for both), unlike tracemalloc, which does
-not see torch's allocator, or ru_maxrss, which is a process-wide high-water mark that cannot be reset.
+Peak memory is measured during one extra, profiled iteration (benchmarks/sophon_helpers.py says how).
 The lean step's peak is the guard's chunked evaluation (1,000 images at a time); the reference-style peak
 is the K query graphs. Timing rounds run without the profiler. Ratios go to benchmarks/results/sophon_step.json.
 
@@ -19,17 +16,13 @@ Run: .venv/bin/python -m pytest benchmarks/test_sophon_step.py -q -o addopts=""
 from __future__ import annotations
 
 import copy
-import json
-import math
-import os
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
+from benchmarks.sophon_helpers import keep_all_graphs_query_loss, peak_allocated_mib, relative_error, write_ratios
 from defenses import sophon
 from harness.engine.context import CellContext, Recorder
 from harness.engine.data import cycling_batches
@@ -86,14 +79,8 @@ class ReferenceStyle:
             sophon.reinit_fast_head(model, fresh, head_generator)
             for name in (f"{model.head_path}.weight", f"{model.head_path}.bias"):
                 fast[name] = fast[name] + (fresh[name] - fast[name]).detach()
-        buffers = dict(model.named_buffers())
-        losses = []
-        for support_x, support_y, query_x, query_y in batches:
-            support = F.cross_entropy(functional_call(model, (fast, buffers), (support_x,)), support_y)
-            grads = torch.autograd.grad(support, list(fast.values()))  # first order: no create_graph
-            fast = {n: t - p["inner_lr"] * g for (n, t), g in zip(fast.items(), grads)}
-            losses.append(self.query_loss(functional_call(model, (fast, buffers), (query_x,)), query_y) * len(query_y))
-        return sum(losses) / sum(len(b[3]) for b in batches)
+        return keep_all_graphs_query_loss(model, fast, dict(model.named_buffers()), batches, p["inner_lr"],
+                                          F.cross_entropy, self.query_loss)
 
     def iterate(self) -> float:
         p, ctx, model = self.params, self.ctx, self.model
@@ -136,48 +123,14 @@ def lean_iteration(trainer: sophon.Sophon):
     return run
 
 
-def peak_allocated_mib(step) -> float:
-    """Peak bytes allocated during `step`, from the profiler's CPU memory events (see the module docstring)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    handle, path = tempfile.mkstemp(suffix=".json")
-    os.close(handle)
-    try:
-        prof.export_chrome_trace(path)
-        events = json.loads(Path(path).read_text())["traceEvents"]
-    finally:
-        os.remove(path)
-    return max(e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]") / 2 ** 20
-
-
 @pytest.fixture(scope="module")
 def results(pytestconfig):
-    """Collects every measurement of this module; once all have run, writes the ratios and prints them.
-
-    A partial run (`-k`) that measured no complete lean/reference pair leaves the results file alone.
-    """
+    """Collects every measurement of this module; once all have run, writes the ratios and prints them."""
     collected = {}
     yield collected
-    summary = {}
-    for defense in LOSSES:
-        lean, reference = collected.get((defense, "lean")), collected.get((defense, "reference"))
-        if lean and reference:
-            summary[defense] = {"lean": lean, "reference": reference,
-                                "time_ratio_reference_over_lean": reference["seconds"] / lean["seconds"],
-                                "memory_ratio_reference_over_lean": reference["peak_mib"] / lean["peak_mib"],
-                                "meta_gradient_relative_error": collected.get((defense, "error"))}
-    if not summary:
-        return
     setup = {"architecture": "cnn-s", "image_size": 28, "rounds": ROUNDS, "threads": 1, **SIZES,
              "adaptation_steps": 50, "batch_size": 150}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"setup": setup, **summary}, indent=2) + "\n")
-    ratios = {defense: {k: v for k, v in row.items() if "ratio" in k or "error" in k}
-              for defense, row in summary.items()}
-    with pytestconfig.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
-        print(f"\n{RESULTS}: {json.dumps(ratios, indent=1)}")
+    write_ratios(RESULTS, setup, collected, LOSSES, pytestconfig)
 
 
 @pytest.mark.parametrize("defense", list(LOSSES))
@@ -193,9 +146,7 @@ def test_meta_gradients_agree(defense, results):
     weights = sophon.step_weights(env.steps, p["meta_grad_reduce"], p["step_weights"])
     lean = sophon.fts_meta_gradient(model, batches, env, LOSSES[defense], weights,
                                     head_generator=torch.Generator().manual_seed(7)).grads
-    error = math.sqrt(sum((lean[n] - expected[n]).pow(2).sum().item() for n in lean)
-                      / sum(expected[n].pow(2).sum().item() for n in lean))
-    results[(defense, "error")] = error
+    results[(defense, "error")] = error = relative_error(lean, expected)
     assert error <= 1e-5
 
 
