@@ -28,6 +28,7 @@ from harness.engine.context import CellContext, Recorder
 from harness.engine.data import cycling_batches
 from harness.engine.models import build_model
 from harness.plugins import registry
+from harness.tasks import load_task
 from harness.testing import synthetic_split
 
 RESULTS = Path(__file__).parent / "results" / "sophon_step.json"
@@ -49,8 +50,9 @@ def make_cell(defense: str):
 
     splits = {name: synthetic_split(n, seed=i, pattern_seed=int(name.startswith("restricted")), **shape)
               for i, (name, n) in enumerate(SIZES.items())}
+    task = load_task(registry().get("task", "classification"), {})
     ctx = CellContext(params=params, seed=99, device=torch.device("cpu"), precision="fp32", num_classes=10,
-                      build_model=build, recorder=Recorder(), log=lambda message: None, **splits)
+                      build_model=build, recorder=Recorder(), task=task, log=lambda message: None, **splits)
     return ctx, build().train()
 
 
