@@ -57,6 +57,13 @@ def peak_allocated_mib(step) -> float:
     return max(e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]") / 2 ** 20
 
 
+def measure(benchmark, results: dict, key, step, rounds: int) -> None:
+    """Profile one `step` for its peak memory (which also warms up), then time `rounds` more; store both."""
+    benchmark.extra_info["peak_mib"] = peak = peak_allocated_mib(step)
+    benchmark.pedantic(step, rounds=rounds, iterations=1)
+    results[key] = {"seconds": benchmark.stats.stats.mean, "peak_mib": peak}
+
+
 def write_ratios(path: Path, setup: dict, collected: dict, names, pytestconfig) -> None:
     """Write reference/lean time and memory ratios per name to `path` and print them in the closing summary.
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.sophon_helpers import keep_all_graphs_query_loss, peak_allocated_mib, relative_error, write_ratios
+from benchmarks.sophon_helpers import keep_all_graphs_query_loss, measure, relative_error, write_ratios
 from defenses import sophon, sophon_generation as gen
 from harness.engine.data import cycling_batches
 from harness.plugins import registry
@@ -101,6 +101,4 @@ def test_fts_step(benchmark, results, defense, implementation):
         step = gen.GenerativeSophon(ctx, model, VARIANTS[defense]).suppress
     else:
         step = ReferenceStyle(ctx, model, VARIANTS[defense]).step
-    benchmark.extra_info["peak_mib"] = peak = peak_allocated_mib(step)  # also warms up
-    benchmark.pedantic(step, rounds=ROUNDS, iterations=1)
-    results[(defense, implementation)] = {"seconds": benchmark.stats.stats.mean, "peak_mib": peak}
+    measure(benchmark, results, (defense, implementation), step, ROUNDS)

@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.sophon_helpers import keep_all_graphs_query_loss, peak_allocated_mib, relative_error, write_ratios
+from benchmarks.sophon_helpers import keep_all_graphs_query_loss, measure, relative_error, write_ratios
 from defenses import sophon
 from harness.engine.context import CellContext, Recorder
 from harness.engine.data import cycling_batches
@@ -160,6 +160,4 @@ def test_outer_iteration(benchmark, results, defense, implementation):
         step = lean_iteration(sophon.Sophon(ctx, model, LOSSES[defense]))
     else:
         step = ReferenceStyle(ctx, model, LOSSES[defense]).iterate
-    benchmark.extra_info["peak_mib"] = peak = peak_allocated_mib(step)  # also warms up
-    benchmark.pedantic(step, rounds=ROUNDS, iterations=1)
-    results[(defense, implementation)] = {"seconds": benchmark.stats.stats.mean, "peak_mib": peak}
+    measure(benchmark, results, (defense, implementation), step, ROUNDS)

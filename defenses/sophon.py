@@ -501,15 +501,23 @@ def train_klu(ctx, model):
 
 # -- registration ----------------------------------------------------------------------------------------
 
-def sophon_params(*, alpha: float, beta: float, nl_loop: int, head_reinit: bool) -> list[Param]:
-    """The shared schema; the four arguments are the README defaults that differ between ICE and KLU (§2.5)."""
+def loop_params(*, total_loop: int, alpha: float, beta: float, nl_loop: int, ntr_optimizer: str) -> list[Param]:
+    """The parameters of the FTS/NTR alternation every SOPHON family shares; the arguments are its per-variant
+    defaults and the name of its NTR optimizer."""
     return [
-        Param("total_loop", "int", 1000, min=1, help="outer iterations [ref 1000]"),
+        Param("total_loop", "int", total_loop, min=1, help=f"outer iterations [ref {total_loop}]"),
         Param("alpha", "float", alpha, min=0.0, help="FTS Adam lr = alpha * lr0 (a learning-rate multiplier)"),
-        Param("beta", "float", beta, min=0.0, help="NTR Adam lr = beta * lr0"),
+        Param("beta", "float", beta, min=0.0, help=f"NTR {ntr_optimizer} lr = beta * lr0"),
         Param("lr0", "float", 1e-4, min=0.0, help="base learning rate of both outer optimizers [ref]"),
         Param("ml_loop", "int", 1, min=0, help="FTS steps per outer iteration"),
         Param("nl_loop", "int", nl_loop, min=0, help="NTR steps per outer iteration"),
+    ]
+
+
+def sophon_params(*, alpha: float, beta: float, nl_loop: int, head_reinit: bool) -> list[Param]:
+    """The classification schema; the four arguments are the README defaults that differ between ICE and KLU (§2.5)."""
+    return [
+        *loop_params(total_loop=1000, alpha=alpha, beta=beta, nl_loop=nl_loop, ntr_optimizer="Adam"),
         Param("adaptation_steps", "int", 50, min=1, help="K, inner fine-tuning steps per simulation [ref]"),
         Param("inner_lr", "float", 1e-4, min=0.0, help="inner (simulated attacker) lr [ref]"),
         Param("batch_size", "int", 150, min=12,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from harness import Param, hookimpl
 
-from defenses.sophon import Environment, SophonLoop, fts_meta_gradient, step_weights
+from defenses.sophon import Environment, SophonLoop, fts_meta_gradient, loop_params, step_weights
 
 MSE_CLAMP = 40.0  # `mse_clamp: [-40,0]`: no suppression once the mean query MSE exceeds this
 SUPPORT_FRACTION = 0.9
@@ -123,12 +123,7 @@ def train_dos(ctx, model):
 def generation_params(*, alpha: float, beta: float, batch_size: int, nl_loop: int, total_loop: int) -> list[Param]:
     """The shared schema; the arguments are the README defaults that differ between MSE and DoS (§3.2)."""
     return [
-        Param("total_loop", "int", total_loop, min=1, help="outer iterations [ref README]"),
-        Param("alpha", "float", alpha, min=0.0, help="FTS Adam lr = alpha * lr0 [ref README]"),
-        Param("beta", "float", beta, min=0.0, help="NTR AdamW lr = beta * lr0 [ref README]"),
-        Param("lr0", "float", 1e-4, min=0.0, help="base learning rate of both outer optimizers [ref]"),
-        Param("ml_loop", "int", 1, min=0, help="FTS steps per outer iteration [ref]"),
-        Param("nl_loop", "int", nl_loop, min=0, help="NTR steps per outer iteration [ref README]"),
+        *loop_params(total_loop=total_loop, alpha=alpha, beta=beta, nl_loop=nl_loop, ntr_optimizer="AdamW"),
         Param("fast_batches", "int", 50, min=1, help="K, simulated fine-tuning steps per FTS [ref]"),
         Param("inner_lr", "float", 1e-4, min=0.0, help="simulated attacker's plain-SGD lr [ref, hard-coded there]"),
         Param("batch_size", "int", batch_size, min=10,

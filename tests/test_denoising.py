@@ -16,14 +16,7 @@ from harness.registry import ConfigError
 from harness.tasks import load_task
 from harness.testing import check_plugin, seeded_model, tiny_context
 from plugins import denoising
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from test_attacks import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 def task(**params):

@@ -12,16 +12,9 @@ from defenses import sophon, sophon_generation as gen
 from harness.engine.data import cycling_batches
 from harness.plugins import registry
 from harness.testing import check_plugin, seeded_model, tiny_context
+from test_attacks import one_torch_thread  # noqa: F401 (autouse fixture)
 
 FAST = {"total_loop": 2, "fast_batches": 2, "batch_size": 20, "ntr_batch_size": 16, "nl_loop": 1, "eval_every": 0}
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def context(name: str = "sophon-dos", **overrides):
