@@ -149,3 +149,17 @@ def test_attacks_run_unchanged_on_denoising_cells(attack, params):
 def test_listing_the_plugins_does_not_import_torch():
     code = "import sys, plugins.denoising, defenses.sophon_generation; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_generation_config_validates_and_headless_strategies_are_refused():
+    from harness.config import load_experiment, parse_experiment
+    from harness.plan import resolve
+
+    experiment = load_experiment("configs/generation-small.yaml")
+    task, params = resolve(experiment, registry()).scenarios[0].task
+    assert (task.name, params["timestep_mode"]) == ("denoising", "fixed:1")
+    data = experiment.model_dump()
+    for attack, message in (({"suite": "paper-strategies"}, "needs a classification head"),
+                            ({"plugin": "lora", "params": {"strategy": "initFC"}}, "re-initialises a classification head")):
+        with pytest.raises(ConfigError, match=message):
+            resolve(parse_experiment({**data, "attacks": [attack]}, "x.yaml"), registry())
