@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,7 +156,7 @@ def test_generation_config_validates_and_headless_strategies_are_refused():
     from harness.config import load_experiment, parse_experiment
     from harness.plan import resolve
 
-    experiment = load_experiment("configs/generation-small.yaml")
+    experiment = load_experiment(Path(__file__).parents[1] / "configs" / "generation-small.yaml")
     task, params = resolve(experiment, registry()).scenarios[0].task
     assert (task.name, params["timestep_mode"]) == ("denoising", "fixed:1")
     data = experiment.model_dump()
