@@ -100,8 +100,8 @@ class GenerativeSophon(SophonLoop):
             if p["eval_every"] and i % p["eval_every"] == 0 and i < p["total_loop"]:
                 restricted = ctx.record(self.model, on="restricted", epoch=None, step=i)
                 ctx.record(self.model, on="original", epoch=None, step=i)
-                ctx.log(f"iteration {i}: query loss {self.last_fts.query_loss:.4f}, "
-                        f"restricted test MSE {restricted['mse']:.4f}")
+                query = f"query loss {self.last_fts.query_loss:.4f}, " if self.last_fts else ""
+                ctx.log(f"iteration {i}: {query}restricted test MSE {restricted['mse']:.4f}")
         ctx.recorder.notes["sophon"] = {"iterations": p["total_loop"], "skipped_ntr_steps": self.skipped_ntr_steps,
                                         "clamped_fts_steps": self.clamped_fts_steps}
         ctx.record_release(self.model, step=p["total_loop"])

@@ -137,8 +137,9 @@ def test_plugin_check_on_a_tiny_denoising_cell(name):
     assert check_plugin("defense", name, {**FAST, "eval_every": 1}) == []
 
 
-def test_training_records_test_mse_curves_and_notes():
-    ctx = context(total_loop=3, eval_every=1)
+@pytest.mark.parametrize("ml_loop", [1, 0])  # 0: reinforcement alone, a control for what suppression adds
+def test_training_records_test_mse_curves_and_notes(ml_loop):
+    ctx = context(total_loop=3, eval_every=1, ml_loop=ml_loop)
     gen.train_dos(ctx, seeded_model(ctx))
     steps = sorted({(metric, x) for x, unit, metric, _ in ctx.recorder.points if unit == "step"})
     assert steps == [(f"{on}/mse", x) for on in ("original", "restricted") for x in (1.0, 2.0, 3.0)]
