@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -236,7 +237,7 @@ def outer_optimizers(model, params: dict):
     return (shared, params["alpha"]), (shared, params["beta"])
 
 
-class SophonLoop:
+class SophonLoop(ABC):
     """The FTS/NTR alternation every SOPHON family shares; subclasses supply what differs.
 
     A subclass provides `outer_optimizers()` -> ((FTS optimizer, gradient scale), (NTR optimizer, scale)),
@@ -259,11 +260,13 @@ class SophonLoop:
         self.fts_streams = {}
         self.last_fts = None
 
+    @abstractmethod
     def outer_optimizers(self):
-        raise NotImplementedError
+        """((FTS optimizer, gradient scale), (NTR optimizer, gradient scale)) over the model's parameters."""
 
+    @abstractmethod
     def meta_gradient(self) -> dict:
-        raise NotImplementedError
+        """{parameter name: G} for one FTS step, before clipping."""
 
     def fts_stream(self, batch_size: int):
         from harness.engine.data import cycling_batches

@@ -16,7 +16,7 @@ functions that run a cell, so listing plugins stays instant. See docs/generation
 from __future__ import annotations
 
 import inspect
-from functools import cache, partial
+from functools import cache, cached_property, partial
 
 from harness import Measure, Param, hookimpl
 from harness.registry import ConfigError
@@ -116,15 +116,13 @@ class Denoising(Task):
         metric = params["metric_timestep_mode"] or params["timestep_mode"]
         self.metric_step = parse_timestep_mode(metric, "task.params.metric_timestep_mode")
 
-    @property
+    @cached_property
     def scheduler(self):
         """diffusers' DDPM forward process: linear betas 1e-4..0.02, 1000 steps, ε-prediction."""
         from diffusers import DDPMScheduler
 
-        if not hasattr(self, "_scheduler"):
-            self._scheduler = DDPMScheduler(num_train_timesteps=NUM_TIMESTEPS, beta_start=BETA_START,
-                                            beta_end=BETA_END, beta_schedule="linear", prediction_type="epsilon")
-        return self._scheduler
+        return DDPMScheduler(num_train_timesteps=NUM_TIMESTEPS, beta_start=BETA_START, beta_end=BETA_END,
+                             beta_schedule="linear", prediction_type="epsilon")
 
     def check_model(self, model, architecture: str) -> None:
         try:
