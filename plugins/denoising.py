@@ -189,6 +189,34 @@ class Denoising(Task):
         total = torch.cat(per_image).sum().item() if per_image else 0.0
         return {"mse": total / max(1, len(split))}
 
+    def render(self, model, split, generator, *, count: int = 8, sampling_steps: int = 20) -> dict:
+        """The first `count` test images clean, noised at the metric timestep and denoised in one step
+        (x̂_0 = (x_t − √(1 − ᾱ_t)·ε̂) / √ᾱ_t), and `count` samples drawn from pure noise with a
+        `sampling_steps`-step DDPM schedule (randomness from `generator`)."""
+        import torch
+        from diffusers import DDPMScheduler
+
+        from harness.engine.train import evaluating
+        from harness.pictures import image_grid
+
+        x = split.x[:count]
+        low, high = (-1.0, 1.0) if self.params["pixel_range"] == "[-1,1]" else (0.0, 1.0)
+        t, noise = self.evaluation_noise(len(x), x.shape[1:])
+        t, noise = t.to(x.device), noise.to(x.device, x.dtype)
+        noisy = self.noised(x, t, noise)
+        alpha_bar = self.scheduler.alphas_cumprod.to(x.device)[t].view(-1, 1, 1, 1)
+        sampler = DDPMScheduler.from_config(self.scheduler.config)
+        sampler.set_timesteps(sampling_steps)
+        with torch.no_grad(), evaluating(model):
+            denoised = (noisy - (1 - alpha_bar).sqrt() * model(noisy, t).float()) / alpha_bar.sqrt()
+            sample = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+            for step in sampler.timesteps:
+                predicted = model(sample, step.expand(len(sample)).to(x.device)).float()
+                sample = sampler.step(predicted, step, sample, generator=generator).prev_sample
+        x0 = x * 2 - 1 if low < 0 else x
+        return {name: image_grid(images.cpu().numpy(), low=low, high=high)
+                for name, images in (("clean", x0), ("noised", noisy), ("denoised", denoised), ("samples", sample))}
+
     def tiny_data(self, *, channels: int = 1, size: int = 8, n_train: int = 64, n_test: int = 32) -> TinyData:
         """Two synthetic [0, 1] image domains: smooth blobs (original) and stripes (restricted)."""
         make = partial(synthetic_images, channels=channels, size=size)

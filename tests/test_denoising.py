@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -164,3 +165,15 @@ def test_generation_config_validates_and_headless_strategies_are_refused():
                             ({"plugin": "lora", "params": {"strategy": "initFC"}}, "re-initialises a classification head")):
         with pytest.raises(ConfigError, match=message):
             resolve(parse_experiment({**data, "attacks": [attack]}, "x.yaml"), registry())
+
+
+def test_render_draws_clean_noised_denoised_and_samples_deterministically():
+    ctx = tiny_context({}, task="denoising")
+    model = seeded_model(ctx)
+    first = ctx.task.render(model, ctx.restricted_test, torch.Generator().manual_seed(0), sampling_steps=3)
+    again = ctx.task.render(model, ctx.restricted_test, torch.Generator().manual_seed(0), sampling_steps=3)
+    assert list(first) == ["clean", "noised", "denoised", "samples"]
+    for name, picture in first.items():
+        assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
+        assert np.array_equal(picture, again[name])
+    assert not np.array_equal(first["clean"], first["samples"])
