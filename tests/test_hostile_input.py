@@ -295,7 +295,7 @@ def empty_store(tmp_path):
     (["leaderboard", "{store}", "--suite", ","], "--suite"),
     (["leaderboard", "{store}"], "no finished attack cells"),
     (["curves", "{store}", "--metric", "bogus/metric"], "--metric"),
-    (["curves", "{store}", "--metric", "restricted/bogus"], "--metric"),
+    (["curves", "{store}", "--metric", "restricted/bogus"], "restricted/bogus"),
     (["curves", "{store}"], "no attack cell has stored"),
     (["list", "{missing}"], "no results store"),
     (["list", "{tmp}"], "no results store"),
