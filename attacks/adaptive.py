@@ -102,11 +102,11 @@ def register_attacks(register):
                  params=[*own, *strategy_params(strategy), *training_params()])
 
     attack("bn_reestimate", "Re-estimate BatchNorm statistics on the adversary data, then fine-tune",
-           Param("bn_passes", "int", 1, min=1, help="passes over the adversary data (batches of batch_size)"))
+           Param("bn_passes", "int", 1, min=1, max=10_000, help="passes over the adversary data (batches of batch_size)"))
     attack("reinit_last_k", "Re-initialise the last k blocks with their default init, then initFC+all",
-           Param("k", "int", 1, min=1, help="how many of the model's last blocks to re-initialise"),
+           Param("k", "int", 1, min=1, max=1_000, help="how many of the model's last blocks to re-initialise"),
            strategy="initFC+all")
     attack("weight_noise", "Add Gaussian noise scaled by each tensor's rms to every weight, then direct+all",
            Param("sigma", "float", 0.03, min=0.0, help="noise std relative to each parameter tensor's rms"))
     attack("long_horizon", "Fine-tune for horizon_factor times the configured epochs (late recovery)",
-           Param("horizon_factor", "int", 5, min=1, help="multiple of `epochs` to train for"))
+           Param("horizon_factor", "int", 5, min=1, max=1_000, help="multiple of `epochs` to train for"))

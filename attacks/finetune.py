@@ -37,10 +37,10 @@ def training_params(*, optimizer: str = "sgd_momentum", lr: float = 1e-4) -> lis
         Param("lr", "float", lr, min=0.0, help="learning rate (peak lr under a schedule)"),
         Param("weight_decay", "float", None, nullable=True, min=0.0,
               help="null = the optimizer's default (1e-4; AdamW's decoupled 1e-2)"),
-        Param("batch_size", "int", 200, min=1, help="the last short batch of an epoch is dropped (reference)"),
-        Param("epochs", "int", 20, min=0, help="0 only evaluates the start model"),
+        Param("batch_size", "int", 200, min=1, max=1_000_000, help="the last short batch of an epoch is dropped (reference)"),
+        Param("epochs", "int", 20, min=0, max=10_000, help="0 only evaluates the start model"),
         Param("schedule", "str", "constant", choices=SCHEDULES, help="stepped once per optimizer step"),
-        Param("eval_every_steps", "int", None, nullable=True, min=1,
+        Param("eval_every_steps", "int", None, nullable=True, min=1, max=10_000_000,
               help="also record the restricted test metrics every N steps (x_unit 'step')"),
         Param("freeze_bn_stats", "bool", False,
               help="keep BatchNorm layers in eval mode while training; by default every part, frozen or not, "

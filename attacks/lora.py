@@ -66,7 +66,7 @@ def register_attacks(register):
         Param("strategy", "str", "direct", choices=("direct", "initFC"),
               help="keep the head or re-initialise it; either way the head is trained in full"),
         HEAD_INIT,
-        Param("rank", "int", 8, min=1, help="LoRA rank r"),
+        Param("rank", "int", 8, min=1, max=4096, help="LoRA rank r"),
         Param("alpha", "float", None, nullable=True, min=0.0, help="lora_alpha; null = 2r"),
         Param("dropout", "float", 0.0, min=0.0, max=1.0, help="lora_dropout"),
         *training_params(optimizer="adamw", lr=1e-3),

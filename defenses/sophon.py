@@ -72,15 +72,17 @@ class Environment:
     weight: float
 
 
+ENVIRONMENT_FIELDS = (Param("optimizer", "str", "", choices=INNER_OPTIMIZERS), Param("lr", "float", 0.0, min=0.0),
+                      Param("batch_size", "int", 0, min=12, max=1_000_000), Param("steps", "int", 0, min=1, max=100_000),
+                      Param("head_mode", "str", "", choices=HEAD_MODES), Param("weight", "float", 0.0, min=0.0))
+
+
 def environment_fields(params: dict) -> tuple[Param, ...]:
     """The schema of one `environments` entry; omitted keys fall back to the defense's scalar parameters."""
     defaults = {"optimizer": "sgd", "lr": params["inner_lr"], "batch_size": params["batch_size"],
                 "steps": params["adaptation_steps"], "weight": 1.0,
                 "head_mode": "initFC" if params["fts_head_reinit"] else "direct"}
-    schema = (Param("optimizer", "str", "", choices=INNER_OPTIMIZERS), Param("lr", "float", 0.0, min=0.0),
-              Param("batch_size", "int", 0, min=12), Param("steps", "int", 0, min=1),
-              Param("head_mode", "str", "", choices=HEAD_MODES), Param("weight", "float", 0.0, min=0.0))
-    return tuple(dataclasses.replace(field, default=defaults[field.name]) for field in schema)
+    return tuple(dataclasses.replace(field, default=defaults[field.name]) for field in ENVIRONMENT_FIELDS)
 
 
 def parse_environments(params: dict) -> list[Environment]:
@@ -508,12 +510,12 @@ def loop_params(*, total_loop: int, alpha: float, beta: float, nl_loop: int, ntr
     """The parameters of the FTS/NTR alternation every SOPHON family shares; the arguments are its per-variant
     defaults and the name of its NTR optimizer."""
     return [
-        Param("total_loop", "int", total_loop, min=1, help=f"outer iterations [ref {total_loop}]"),
+        Param("total_loop", "int", total_loop, min=1, max=1_000_000, help=f"outer iterations [ref {total_loop}]"),
         Param("alpha", "float", alpha, min=0.0, help="FTS Adam lr = alpha * lr0 (a learning-rate multiplier)"),
         Param("beta", "float", beta, min=0.0, help=f"NTR {ntr_optimizer} lr = beta * lr0"),
         Param("lr0", "float", 1e-4, min=0.0, help="base learning rate of both outer optimizers [ref]"),
-        Param("ml_loop", "int", 1, min=0, help="FTS steps per outer iteration"),
-        Param("nl_loop", "int", nl_loop, min=0, help="NTR steps per outer iteration"),
+        Param("ml_loop", "int", 1, min=0, max=10_000, help="FTS steps per outer iteration"),
+        Param("nl_loop", "int", nl_loop, min=0, max=10_000, help="NTR steps per outer iteration"),
     ]
 
 
@@ -521,18 +523,19 @@ def sophon_params(*, alpha: float, beta: float, nl_loop: int, head_reinit: bool)
     """The classification schema; the four arguments are the README defaults that differ between ICE and KLU (§2.5)."""
     return [
         *loop_params(total_loop=1000, alpha=alpha, beta=beta, nl_loop=nl_loop, ntr_optimizer="Adam"),
-        Param("adaptation_steps", "int", 50, min=1, help="K, inner fine-tuning steps per simulation [ref]"),
+        Param("adaptation_steps", "int", 50, min=1, max=100_000, help="K, inner fine-tuning steps per simulation [ref]"),
         Param("inner_lr", "float", 1e-4, min=0.0, help="inner (simulated attacker) lr [ref]"),
-        Param("batch_size", "int", 150, min=12,
+        Param("batch_size", "int", 150, min=12, max=1_000_000,
               help="FTS batch on R_def: support ⌊0.9B/10⌋·10, query the rest [ref]"),
-        Param("ntr_batch_size", "int", 150, min=1, help="NTR batch on O_train [ref]"),
+        Param("ntr_batch_size", "int", 150, min=1, max=1_000_000, help="NTR batch on O_train [ref]"),
         Param("meta_grad_clip", "float", 0.5, min=0.0, help="global-norm clip of the FTS meta-gradient [ref]"),
         Param("meta_grad_reduce", "str", "mean", choices=("mean", "sum"), help="mean [ref] or sum of query gradients"),
-        Param("step_weights", "str", "uniform", help="'uniform' [ref] or 'last:<m>' (only the last m inner steps)"),
+        Param("step_weights", "str", "uniform", pattern=r"uniform|last:[1-9][0-9]*", help="'uniform' [ref] or 'last:<m>' (only the last m inner steps)"),
         Param("fts_head_reinit", "bool", head_reinit, help="re-initialise the head in each simulation (initFC)"),
         Param("fts_head_grad", "str", "passthrough", choices=("passthrough", "drop"),
               help="passthrough [ref]: the head gradient at the re-initialised head updates the real head"),
         Param("environments", "list", None, nullable=True,
+              item=Param("environment", "dict", None, keys=ENVIRONMENT_FIELDS),
               help="simulated attackers [{optimizer, lr, batch_size, steps, head_mode, weight}]; null = the "
                    "reference's single one from the scalar parameters"),
         Param("environment_sampling", "str", "one_per_fts", choices=("one_per_fts", "all"),
@@ -541,7 +544,7 @@ def sophon_params(*, alpha: float, beta: float, nl_loop: int, head_reinit: bool)
               help="two Adam states [ref] or one Adam on alpha*G and beta*grad(CE)"),
         Param("guard_threshold", "float", 80.0, min=0.0, max=100.0,
               help="roll back when the guard accuracy (%) is at or below this [ref 80]"),
-        Param("guard_every", "int", 1, min=1,
+        Param("guard_every", "int", 1, min=1, max=1_000_000,
               help="check the guard every this many iterations, rolling back to the window's start [ref 1]"),
         Param("guard_action", "str", "stop", choices=("stop", "skip"),
               help="stop [ref]: restore and end; skip: restore model and optimizer states, continue"),
@@ -551,12 +554,12 @@ def sophon_params(*, alpha: float, beta: float, nl_loop: int, head_reinit: bool)
               help="also evaluate (and record) the guard split after every NTR step, as the reference logs"),
         Param("final_bn_restore", "bool", True,
               help="release with the BN statistics from before the last iteration's NTR steps [ref]"),
-        Param("probe_every", "int", 10, min=0, help="probe every this many iterations (0: never) [ref 10]"),
-        Param("probe_epochs", "int", 1, min=1, help="epochs of each probe fine-tune [ref 1]"),
+        Param("probe_every", "int", 10, min=0, max=1_000_000, help="probe every this many iterations (0: never) [ref 10]"),
+        Param("probe_epochs", "int", 1, min=1, max=10_000, help="epochs of each probe fine-tune [ref 1]"),
         Param("probe_eval", "str", "defender_slice", choices=("defender_slice", "restricted_test"),
               help="probe accuracy on a 10% held-out R_def slice, or on R_test as the reference logs"),
         Param("probe_lr", "float", 1e-4, min=0.0, help="probe SGD lr (momentum 0.9, wd 1e-4) [ref]"),
-        Param("probe_batch_size", "int", 256, min=1, help="probe batch [ref]"),
+        Param("probe_batch_size", "int", 256, min=1, max=1_000_000, help="probe batch [ref]"),
     ]
 
 

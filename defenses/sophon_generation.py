@@ -124,17 +124,17 @@ def generation_params(*, alpha: float, beta: float, batch_size: int, nl_loop: in
     """The shared schema; the arguments are the README defaults that differ between MSE and DoS (§3.2)."""
     return [
         *loop_params(total_loop=total_loop, alpha=alpha, beta=beta, nl_loop=nl_loop, ntr_optimizer="AdamW"),
-        Param("fast_batches", "int", 50, min=1, help="K, simulated fine-tuning steps per FTS [ref]"),
+        Param("fast_batches", "int", 50, min=1, max=100_000, help="K, simulated fine-tuning steps per FTS [ref]"),
         Param("inner_lr", "float", 1e-4, min=0.0, help="simulated attacker's plain-SGD lr [ref, hard-coded there]"),
-        Param("batch_size", "int", batch_size, min=10,
+        Param("batch_size", "int", batch_size, min=10, max=1_000_000,
               help="FTS batch on R_def: the first 90% is the support set, the rest the query set [ref]"),
-        Param("ntr_batch_size", "int", batch_size, min=1, help="NTR batch on O_train"),
+        Param("ntr_batch_size", "int", batch_size, min=1, max=1_000_000, help="NTR batch on O_train"),
         Param("ntr_weight_decay", "float", 1e-4, min=0.0,
               help="NTR AdamW weight decay on tensors of rank >= 2 (none on biases and norms) [proj]"),
         Param("meta_grad_clip", "float", 0.5, min=0.0, help="global-norm clip of the FTS meta-gradient [ref]"),
         Param("reference_grad_leak", "bool", False,
               help="reproduce the reference bug: the first NTR step also applies the clipped meta-gradient"),
-        Param("eval_every", "int", 10, min=0,
+        Param("eval_every", "int", 10, min=0, max=1_000_000,
               help="record the restricted and original test MSE every this many iterations (0: never) [ref 10]"),
     ]
 

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from harness.plan import Cell
-from harness.store import Store
+from harness.store import Store, repair_hint
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def _load_input(store: Store, key: str, model):
 
     path = store.artifact(key)
     if path is None:
-        raise RuntimeError(f"input cell {key[:12]} has no stored model; re-run to rebuild it")
+        raise RuntimeError(f"input cell {key[:12]} has no stored model; {repair_hint(store.root)}")
     return load_model(model, path)
 
 
@@ -249,13 +249,6 @@ def execute(cell: Cell, runtime: Runtime) -> str:
 
 def worker_init(threads: int | None) -> None:
     """Worker processes die with the runner (so a killed run leaves no orphan finishing cells)."""
-    import contextlib
-    import ctypes
-    import signal
+    from harness.executors.worker_start import start_worker
 
-    with contextlib.suppress(OSError):  # without Linux's libc workers may outlive a killed runner
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if threads:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        import torch
-        torch.set_num_threads(threads)
+    start_worker(os.getppid(), threads)

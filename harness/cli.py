@@ -1,7 +1,8 @@
-"""`untunable run | validate | pretrain | list | curves | leaderboard | plugins | plugin-check`.
+"""`untunable run | validate | pretrain | list | curves | leaderboard | check | plugins | plugin-check`.
 
-User errors (a bad experiment file, an unknown plugin, a missing results directory) print one line and
-exit with status 2, without a traceback; failed cells make `run` exit with status 1.
+User errors (a bad experiment file or flag, an unknown plugin, a missing dataset, a missing, damaged or
+foreign results store) print one line and exit with status 2, without a traceback; failed cells make
+`run` exit with status 1, and so does an internal error, whose traceback is stored in a file it names.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
+import tempfile
+import traceback
 
+from harness import validation
 from harness.registry import ConfigError
 
-EXIT_USAGE, EXIT_FAILED_CELLS = 2, 1
+EXIT_USAGE, EXIT_FAILED_CELLS, EXIT_INTERNAL = 2, 1, 1
 LEADERBOARD_FORMATS = "md,csv,html,json,png"
 
 
@@ -35,8 +38,24 @@ def _experiment(path: str):
 
 def _runtime(args, experiment):
     from harness.runner import default_runtime
-    return default_runtime(experiment, results=args.results, device=args.device, precision=args.precision,
-                           cache_dir=args.cache_dir, threads=args.threads)
+    return default_runtime(experiment, results=validation.directory_option(args.results, "--results"),
+                           device=args.device, precision=args.precision,
+                           cache_dir=validation.directory_option(args.cache_dir, "--cache-dir"), threads=args.threads)
+
+
+def _with_flags(args, experiment):
+    """The experiment with its command-line overrides, each held to the rule the file's field obeys."""
+    from harness.config import with_overrides
+
+    return with_overrides(experiment, {"device": ("--device", args.device), "precision": ("--precision", args.precision),
+                                       "workers": ("--workers", args.workers)})
+
+
+def _check_device(args, runtime) -> None:
+    """A device the machine lacks is blamed on where it was asked for: the flag, or the file's field."""
+    from harness.engine.device import resolve_device
+
+    resolve_device(runtime.device, where=f"--device {args.device}" if args.device is not None else f"{args.file}: device")
 
 
 def cmd_validate(args) -> int:
@@ -56,13 +75,14 @@ def _run(args, *, only_pretrain: bool) -> int:
     from harness.progress import make_progress
     from harness.runner import is_interactive, run
 
-    experiment = _experiment(args.file)
+    experiment = _with_flags(args, _experiment(args.file))
     if only_pretrain:
         experiment = experiment.model_copy(update={"defenses": [], "baselines": []})
     runtime = _runtime(args, experiment)
+    _check_device(args, runtime)
     console = _console()
     progress = make_progress(args.quiet, is_interactive(), console)
-    summary = run(experiment, runtime, _registry(), executor=args.executor, workers=args.workers, progress=progress)
+    summary = run(experiment, runtime, _registry(), executor=args.executor, progress=progress)
     if only_pretrain:
         print(f"base model(s): {'failed' if summary.failed else 'ready'} in {runtime.root}")
     else:
@@ -89,11 +109,10 @@ def _print_leaderboard(root, console):
 
 
 def _results(path: str):
-    from harness.store import DB_NAME, Store
+    """The store, opened read-only after SQLite's integrity check: reading commands never write."""
+    from harness.store import Store
 
-    if not (Path(path) / DB_NAME).exists():
-        raise ConfigError(f"no results store here (expected {DB_NAME}; run `untunable run FILE` first)", where=path)
-    return Store(path)
+    return Store(path, readonly=True, verify=True)
 
 
 def cmd_list(args) -> int:
@@ -119,6 +138,13 @@ def cmd_curves(args) -> int:
     from harness.leaderboard.measures import declared_measures, format_measure, score_measure, task_of
     from harness.report.terminal import print_unwrapped
 
+    from harness.store import check_metric
+
+    if args.metric is not None:
+        try:
+            check_metric(args.metric, "epoch")
+        except ValueError as exc:
+            raise ConfigError(str(exc), where=f"--metric {args.metric}") from None
     store, registry = _results(args.results), _registry()
     rows = store.db.execute(
         "SELECT c.scenario, c.start, c.attack, c.seed, c.status, c.config_json, p.metric, p.x, p.value FROM cells c"
@@ -145,6 +171,9 @@ def cmd_curves(args) -> int:
         unit = " (%)" if measure is not None and measure.display == "percent" else ""
         table.add_row(*map(str, ident), metric + unit, *(format_measure(curve[e], measure) if e in curve else ""
                                                           for e in epochs))
+    if not curves:
+        raise ConfigError(f"no attack cell has stored {args.metric or 'restricted score'} points per epoch",
+                          where=args.results)
     print_unwrapped(_console(), table)
     return 0
 
@@ -154,8 +183,14 @@ def cmd_leaderboard(args) -> int:
 
     _results(args.results).close()
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    suites = [s.strip() for s in args.suite.split(",")] if args.suite else None
-    paths = write_leaderboard(args.results, formats=formats, suites=suites, out_dir=args.out, console=_console())
+    if not formats:
+        raise ConfigError(f"no format given; expected a comma-separated list of {LEADERBOARD_FORMATS}",
+                          where=f"--format {args.format!r}")
+    suites = [s.strip() for s in args.suite.split(",") if s.strip()] if args.suite is not None else None
+    if suites == []:
+        raise ConfigError("no suite given; name at least one attack suite", where=f"--suite {args.suite!r}")
+    out = validation.directory_option(args.out, "--out")
+    paths = write_leaderboard(args.results, formats=formats, suites=suites, out_dir=out, console=_console())
     for path in paths:
         print(f"wrote {path}")
     return 0
@@ -168,7 +203,7 @@ def cmd_plugins(args) -> int:
               f"{spec.description}")
         if args.params:
             for p in spec.params:
-                print(f"{'':14s}{p.name} ({p.type}, default {p.default!r}) {p.help}")
+                print(f"{'':14s}{p.name} ({p.summary()}) {p.help}")
     for error in reg.errors:
         print(f"error        {error.plugin:20s} {error.distribution}: {error.message}", file=sys.stderr)
     return 0
@@ -189,10 +224,37 @@ def cmd_plugin_check(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_check(args) -> int:
+    from harness.integrity import check_results
+
+    problems = check_results(args.results, repair=args.repair, say=print)
+    return 1 if problems and not args.repair else 0
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage is one `--help` away) and exit status 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _bounded(low: int, high: int):
+    """An argparse type: an integer in [low, high], the same bounds a file's value obeys."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {value}")
+        return value
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="untunable", description="How well does a model protection survive attack? "
-                                  "Runs every attack against every defense, next to scratch and the original.")
-    sub = top.add_subparsers(dest="command", required=True)
+    top = OneLineParser(prog="untunable", description="How well does a model protection survive attack? "
+                        "Runs every attack against every defense, next to scratch and the original.")
+    sub = top.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     def runner_options(p):
         p.add_argument("file", help="experiment file (YAML)")
@@ -200,8 +262,9 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the file's, else auto)")
         p.add_argument("--precision", choices=("fp32", "bf16"), help="fp32, or bf16 autocast")
         p.add_argument("--executor", default="local", help="executor plugin (local; ray with the extra)")
-        p.add_argument("--workers", type=int, help="worker processes (0 = run inline)")
-        p.add_argument("--threads", type=int, help="torch threads per worker (default 1 with workers)")
+        p.add_argument("--workers", type=_bounded(0, validation.MAX_WORKERS), help="worker processes (0 = run inline)")
+        p.add_argument("--threads", type=_bounded(1, validation.MAX_THREADS),
+                       help="torch threads per worker (default 1 with workers)")
         p.add_argument("--cache-dir", help="where materialised datasets are cached (default RESULTS/cache)")
         p.add_argument("--quiet", action="store_true", help="plain progress lines instead of a live bar")
 
@@ -229,6 +292,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", help="only these attack suites (comma-separated)")
     p.add_argument("--out", help="output directory (default: the results directory)")
     p.set_defaults(func=cmd_leaderboard)
+    p = sub.add_parser("check", help="verify a results store and every artifact's hash; --repair marks bad cells "
+                                     "for a re-run")
+    p.add_argument("results")
+    p.add_argument("--repair", action="store_true",
+                   help="salvage a damaged store and make cells with missing or altered artifacts (and everything "
+                        "built on them) run again on the next `untunable run`")
+    p.set_defaults(func=cmd_check)
     p = sub.add_parser("plugin-check", help="run an attack or defense on a tiny CPU cell twice; check determinism")
     p.add_argument("name")
     p.add_argument("--task", help="the task family of the tiny cell (default: the first one the plugin serves)")
@@ -239,21 +309,48 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def main(argv=None) -> int:
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user can cause and fix: reported as one line, exit status 2."""
+    from harness.data import DatasetError
     from harness.plugins import PluginError
+    from harness.store import StoreError
 
-    args = parser().parse_args(argv)
+    return ConfigError, PluginError, DatasetError, StoreError
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _internal_error(exc: BaseException) -> int:
+    """A bug, not a user error: one line saying so, and the traceback kept in a file for the report."""
+    handle, path = tempfile.mkstemp(prefix="untunable-error-", suffix=".txt")
+    with os.fdopen(handle, "w") as out:
+        out.write(f"untunable {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+    print(f"internal error: {type(exc).__name__}: {_one_line(exc)[:200]} (traceback stored in {path})", file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+def main(argv=None) -> int:
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # a usage error (one line, already printed) or --help
+        return exc.code
     try:
         return args.func(args)
-    except (ConfigError, PluginError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except BrokenPipeError:  # `untunable plugins | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
         print("interrupted: finished cells are stored; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if isinstance(exc, _user_errors()) or (isinstance(exc, OSError) and exc.filename is not None):
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        return _internal_error(exc)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,32 @@ with a did-you-mean; `untunable validate FILE` runs exactly this without running
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, \
+    model_validator
 
+from harness import validation as rules
 from harness.registry import ConfigError, did_you_mean
+from harness.safe_yaml import read_yaml
 
 RESTRICTED_SPLITS = "halves | none | fraction:<f>"
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return value
+
+
+# Integers are strict (true is not 1, 1e30 is not an integer); floats are finite and not booleans.
+Int = Annotated[int, Field(strict=True)]
+Seed = Annotated[int, Field(strict=True, ge=0, le=rules.MAX_SEED)]
+Float = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
+Name = Annotated[str, AfterValidator(rules.check_name)]
+Label = Annotated[str, AfterValidator(rules.check_label)]
+Device = Annotated[str, AfterValidator(rules.check_device)]
+ContainedPath = Annotated[str, AfterValidator(rules.check_contained)]
 
 
 class Strict(BaseModel):
@@ -22,12 +40,12 @@ class Strict(BaseModel):
 
 
 class DatasetRef(Strict):
-    dataset: str
+    dataset: Label
     params: dict[str, Any] = Field(default_factory=dict)
 
 
 class ArchitectureRef(Strict):
-    name: str
+    name: Label
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -46,23 +64,23 @@ class TaskRef(Strict):
 class PretrainSettings(Strict):
     """How the unprotected original is trained on the original domain (algorithms.md §9)."""
 
-    epochs: int = Field(20, ge=1)
+    epochs: Int = Field(20, ge=1, le=rules.MAX_EPOCHS)
     optimizer: str = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(64, ge=1)
-    seed: int = 0
+    lr: Float = Field(1e-3, gt=0)
+    weight_decay: Float = Field(0.0, ge=0)
+    batch_size: Int = Field(64, ge=1, le=rules.MAX_BATCH)
+    seed: Seed = 0
 
 
 class Scenario(Strict):
-    name: str
+    name: Label
     api: Literal["logits", "probabilities", "label", "representation"] = "logits"  # what a black-box attack sees
     task: TaskRef = Field(default_factory=TaskRef)
     original: DatasetRef
     restricted: DatasetRef
     architecture: ArchitectureRef
-    image_size: int = Field(28, ge=4)
-    channels: int = Field(1, ge=1, le=4)
+    image_size: Int = Field(28, ge=4, le=rules.MAX_IMAGE_SIZE)
+    channels: Int = Field(1, ge=1, le=4)
     normalisation: Literal["per_domain", "imagenet", "none"] = "per_domain"
     restricted_split: str = "halves"
     pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
@@ -79,10 +97,10 @@ class Scenario(Strict):
 
 
 class DefenseEntry(Strict):
-    plugin: str
-    name: str | None = None
+    plugin: Label
+    name: Label | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    seed: int = 0
+    seed: Seed = 0
 
     @property
     def label(self) -> str:
@@ -92,11 +110,11 @@ class DefenseEntry(Strict):
 class AttackEntry(Strict):
     """Either a named suite (with optional parameter overrides) or one attack plugin configuration."""
 
-    suite: str | None = None
-    plugin: str | None = None
-    label: str | None = None
+    suite: Label | None = None
+    plugin: Label | None = None
+    label: Label | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    only: list[str] | None = None
+    only: list[str] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _one_of(self):
@@ -108,14 +126,14 @@ class AttackEntry(Strict):
 
 
 class Experiment(Strict):
-    name: str
-    results: str | None = None
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    device: str = "auto"
+    name: Name
+    results: ContainedPath | None = None
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    device: Device = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
-    workers: int = Field(2, ge=0)
-    data_root: str | None = None
-    cache_dir: str | None = None
+    workers: Int = Field(2, ge=0, le=rules.MAX_WORKERS)
+    data_root: ContainedPath | None = None
+    cache_dir: ContainedPath | None = None
     baselines: list[str] | None = None  # reference starts; None = every one the experiment's attacks declare
     scenarios: list[Scenario] = Field(min_length=1)
     defenses: list[DefenseEntry] = Field(default_factory=list)
@@ -125,11 +143,15 @@ class Experiment(Strict):
 
     @model_validator(mode="after")
     def _unique_names(self):
-        for what, names in (("scenarios", [s.name for s in self.scenarios]),
-                            ("defenses", [d.label for d in self.defenses])):
-            duplicates = sorted({n for n in names if names.count(n) > 1})
+        for what, names in (("scenarios names", [s.name for s in self.scenarios]),
+                            ("defenses names", [d.label for d in self.defenses]),
+                            ("seeds", self.seeds)):
+            duplicates = sorted({str(n) for n in names if names.count(n) > 1})
             if duplicates:
-                raise ValueError(f"{what} names must be unique; repeated: {', '.join(duplicates)}")
+                raise ValueError(f"{what} must be unique (a repeat would plan the same cells twice); "
+                                 f"repeated: {', '.join(duplicates)}")
+        if self.baselines == [] and not self.defenses:
+            raise ValueError("no baselines and no defenses: nothing to attack, the plan would have zero cells")
         return self
 
     def results_dir(self, override: str | None = None) -> Path:
@@ -180,13 +202,17 @@ def parse_experiment(data: Any, source: str = "<experiment>") -> Experiment:
 
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment file; every problem is a ConfigError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("no such experiment file", where=str(path))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where) from None
-    return parse_experiment(data, source=str(path))
+    return parse_experiment(read_yaml(path), source=str(path))
+
+
+def with_overrides(experiment: Experiment, flags: dict[str, tuple[str, Any]]) -> Experiment:
+    """The experiment with command-line values (`{field: (flag, value)}`, None = not given) held to the file's rules."""
+    for field, (flag, value) in flags.items():
+        if value is None:
+            continue
+        try:
+            experiment = Experiment.model_validate({**experiment.model_dump(), "source": experiment.source,
+                                                    field: value})
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc.errors()[0], Experiment), where=f"{flag} {value}".strip()) from None
+    return experiment

@@ -96,11 +96,15 @@ class Cell:
         return " ".join(p for p in (self.kind, self.scenario, self.start, self.attack, f"seed={self.seed}") if p)
 
 
-def _expand(entry_params: dict, spec: PluginSpec) -> list[tuple[dict, str]]:
+def _expand(entry_params: dict, spec: PluginSpec, where: str) -> list[tuple[dict, str]]:
     """List values of non-list parameters expand to their cross-product; the label names what varies."""
     declared = {p.name: p for p in spec.params}
     varying = {k: v for k, v in entry_params.items()
                if isinstance(v, list) and k in declared and declared[k].type != "list"}
+    for name, values in varying.items():
+        if not values:
+            raise ConfigError("an empty list expands to no configuration at all; give at least one value",
+                              where=f"{where}.{name}")
     if not varying:
         return [(entry_params, "")]
     out = []
@@ -133,7 +137,7 @@ def _attack_configs(entries: list[AttackEntry], registry) -> list[AttackConfig]:
         for item in items:
             spec = registry.get("attack", item["plugin"], where=f"{where}.plugin")
             merged = {**item.get("params", {}), **entry.params}
-            for params, suffix in _expand(merged, spec):
+            for params, suffix in _expand(merged, spec, f"{where}.params"):
                 resolved = spec.resolve(params, f"{where}.params")
                 label = f"{item['label']} {suffix}".strip()
                 config = AttackConfig(label, spec.name, resolved, ((suite_name, label),))
@@ -215,6 +219,8 @@ def _resolve(experiment: Experiment, registry) -> Resolved:
             _serving(spec, rs.task[0], f"defenses[{i}].plugin (scenario {rs.scenario.name!r})")
         defenses.append((entry.label, spec, spec.resolve(entry.params, f"defenses[{i}].params"), entry.seed))
     attacks = _attack_configs(experiment.attacks, registry)
+    if not attacks:
+        raise ConfigError("no attack configuration: the plan would have zero attack cells", where="attacks")
     for i, rs in enumerate(scenarios):
         _check_attacks(attacks, rs.task[0], registry, f"scenarios[{i}].task")
     for kind in ("task", "dataset", "architecture", "defense", "attack"):

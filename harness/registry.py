@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -101,10 +103,16 @@ class Param:
     min: float | None = None
     max: float | None = None
     nullable: bool = False
+    item: "Param | None" = None          # list: the schema every element must meet
+    keys: "tuple[Param, ...] | None" = None  # dict: the keys it may hold, each with its own schema
+    pattern: str | None = None           # str: a regular expression the whole value must match
+    path: bool = False                   # str: a relative path that must not climb out of its root
 
     def __post_init__(self):
         if self.type not in _TYPES:
             raise ValueError(f"Param {self.name!r}: type must be one of {sorted(_TYPES)}, not {self.type!r}")
+        if (self.item is not None and self.type != "list") or (self.keys is not None and self.type != "dict"):
+            raise ValueError(f"Param {self.name!r}: `item` belongs to list parameters, `keys` to dict parameters")
 
     def check(self, value: Any, where: str) -> Any:
         """Return `value` coerced to this parameter's type, or raise ConfigError naming `where`."""
@@ -117,7 +125,9 @@ class Param:
             with contextlib.suppress(ValueError):
                 value = float(value)  # YAML reads 1e-4 as a string
         if not isinstance(value, expected) or (self.type in ("int", "float") and isinstance(value, bool)):
-            raise ConfigError(f"expected {self.type}, got {type(value).__name__} {value!r}", where=where)
+            raise ConfigError(f"expected {self.type}, got {type(value).__name__} {_short(value)}", where=where)
+        if self.type == "float" and not math.isfinite(value):
+            raise ConfigError(f"expected a finite number, got {value!r}", where=where)
         if self.choices is not None and value not in self.choices:
             raise ConfigError(
                 f"{value!r} is not one of {list(self.choices)}{did_you_mean(value, [str(c) for c in self.choices])}",
@@ -127,6 +137,19 @@ class Param:
             raise ConfigError(f"{value!r} is below the minimum {self.min}", where=where)
         if self.max is not None and value > self.max:
             raise ConfigError(f"{value!r} is above the maximum {self.max}", where=where)
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            raise ConfigError(f"{_short(value)} does not have the form {self.pattern!r}", where=where)
+        if self.path:
+            from harness.validation import check_contained
+
+            try:
+                check_contained(value, "its root folder")
+            except ValueError as exc:
+                raise ConfigError(str(exc), where=where) from None
+        if self.item is not None:
+            return [self.item.check(element, f"{where}[{i}]") for i, element in enumerate(value)]
+        if self.keys is not None:
+            return schema_check(self.keys, value, where, owner=f" in {self.name!r}")
         return value
 
     def describe(self) -> dict:
@@ -135,7 +158,52 @@ class Param:
             out["choices"] = list(self.choices)
         if self.min is not None or self.max is not None:
             out["range"] = [self.min, self.max]
+        if self.pattern is not None:
+            out["pattern"] = self.pattern
+        if self.item is not None:
+            out["item"] = self.item.describe()
+        if self.keys is not None:
+            out["keys"] = [key.describe() for key in self.keys]
         return out
+
+    def summary(self, with_default: bool = True) -> str:
+        """Type, default and every bound in one phrase, as `untunable plugins --params` lists it."""
+        parts = [f"{self.type}{' or null' if self.nullable else ''}"] + [f"default {self.default!r}"] * with_default
+        if self.choices is not None:
+            parts.append(f"one of {', '.join(map(str, self.choices))}")
+        if self.min is not None or self.max is not None:
+            parts.append(f"range [{_number(self.min)}, {_number(self.max)}]")
+        if self.pattern is not None:
+            parts.append(f"form {self.pattern}")
+        if self.path:
+            parts.append("relative paths stay inside their root")
+        if self.item is not None:
+            parts.append(f"items: {self.item.summary(with_default=False)}")
+        if self.keys is not None:
+            parts.append("keys: " + "; ".join(f"{key.name} ({key.summary(with_default=False)})" for key in self.keys))
+        return ", ".join(parts)
+
+
+def schema_check(schema: Sequence[Param], given: dict, where: str, owner: str = "") -> dict:
+    """The given keys checked against `schema` (unknown ones are errors with a did-you-mean); defaults not filled."""
+    known = {p.name: p for p in schema}
+    for key in given:
+        if key not in known:
+            hint = did_you_mean(key, list(known)) or (f"; expected one of: {', '.join(known)}" if len(known) <= 8 else "")
+            raise ConfigError(f"unknown parameter {key!r}{owner}{hint}", where=f"{where}.{key}")
+    return {key: known[key].check(value, f"{where}.{key}") for key, value in given.items()}
+
+
+def _number(bound: float | None) -> str:
+    """A bound as people write it: '' when open, 1000000 rather than 1e+06."""
+    if bound is None:
+        return ""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def load_reference(reference: str | Callable) -> Callable:
@@ -198,16 +266,8 @@ class PluginSpec:
 
     def resolve(self, given: dict | None, where: str) -> dict:
         """Validate `given` against the schema and fill defaults; unknown keys are errors with a did-you-mean."""
-        given = dict(given or {})
-        known = {p.name: p for p in self.params}
-        for key in given:
-            if key not in known:
-                raise ConfigError(
-                    f"unknown parameter {key!r} for {self.kind} {self.name!r}{did_you_mean(key, list(known))}",
-                    where=f"{where}.{key}",
-                )
-        return {name: (p.check(given[name], f"{where}.{name}") if name in given else p.default)
-                for name, p in known.items()}
+        checked = schema_check(self.params, dict(given or {}), where, owner=f" for {self.kind} {self.name!r}")
+        return {p.name: checked.get(p.name, p.default) for p in self.params}
 
     @property
     def measures(self) -> tuple[Measure, ...]:

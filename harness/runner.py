@@ -62,7 +62,11 @@ def run(experiment: Experiment, runtime: Runtime, registry, *, executor: str = "
     root = Path(runtime.root)
     root.mkdir(parents=True, exist_ok=True)
     lock = RunLock(root)
-    store = Store(root)
+    try:
+        store = Store(root, verify=True)
+    except BaseException:
+        lock.release()
+        raise
     try:
         resolved, cells = plan_cells(experiment, runtime, registry)
         store.replace_memberships(memberships(cells, resolved))
@@ -70,6 +74,7 @@ def run(experiment: Experiment, runtime: Runtime, registry, *, executor: str = "
         registry.notify("run_started", experiment=experiment, cells=cells)
         done = {k for k, s in store.statuses().items() if s in FINISHED}
         todo = [c for c in cells if c.key not in done]
+        store.verify_artifacts(d for c in todo for d in c.deps if d in done)  # a bad checkpoint stops the run here
         summary = RunSummary(total=len(cells), reused=len(cells) - len(todo))
         exe = registry.get("executor", executor).load()(workers=experiment.workers if workers is None else workers,
                                                         runtime=runtime)

@@ -7,7 +7,9 @@ The schema is a public contract (other tools read it):
   artifacts(key, path, sha256, bytes)            -- checkpoints (safetensors), paths relative to the store
   memberships(key, suite, label)                 -- the latest plan's attack cells: their suites and labels
   notes(key, json)                               -- a cell's counters (steps, examples seen, skipped modules)
-A finished cell's row, points and artifacts are written in one transaction.
+A finished cell's row, points and artifacts are written in one transaction. The schema's version is the
+database's `user_version`: a store written by a newer untunable, or a SQLite file that is not a store, is
+refused on open; a read-only open never writes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import os
 import socket
 import sqlite3
 import time
+import urllib.parse
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 SCHEMA = """
@@ -47,6 +51,28 @@ FINISHED = ("done", "diverged")
 SPLITS = ("restricted", "original")
 X_UNITS = ("epoch", "step", "queries")
 DB_NAME = "results.sqlite"
+SCHEMA_VERSION = 1
+
+
+class StoreError(RuntimeError):
+    """A results store that cannot be used as asked (absent, damaged, foreign or newer): one line, exit status 2."""
+
+
+class StoreDamaged(StoreError):
+    """SQLite cannot read the store, or its integrity check fails: `untunable check --repair` salvages it."""
+
+
+def repair_hint(root: Path) -> str:
+    return f"run `untunable check {root} --repair`, then run again"
+
+
+@lru_cache(maxsize=1)
+def expected_columns() -> dict[str, list[str]]:
+    """Every table of SCHEMA with its column names, read from a scratch in-memory database."""
+    db = sqlite3.connect(":memory:")
+    db.executescript(SCHEMA)
+    tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    return {t: [row[1] for row in db.execute(f"PRAGMA table_info({t})")] for t in tables}
 
 
 def check_metric(metric: str, x_unit: str) -> None:
@@ -68,18 +94,69 @@ def sha256_file(path: Path) -> str:
 
 
 class Store:
-    """Access to one results directory. Safe to open from several processes at once (WAL, busy timeout)."""
+    """Access to one results directory. Safe to open from several processes at once (WAL, busy timeout).
 
-    def __init__(self, root: str | Path):
+    `readonly` opens an existing store without ever writing to it (list, curves, leaderboard, check);
+    `verify` also runs SQLite's quick integrity check, so a damaged store is refused before it is used.
+    """
+
+    def __init__(self, root: str | Path, *, readonly: bool = False, verify: bool = False):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "artifacts").mkdir(exist_ok=True)
         self.path = self.root / DB_NAME
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        if readonly and not self.path.is_file():
+            raise StoreError(f"{self.root}: no results store here (expected {DB_NAME}; run `untunable run FILE` first)")
+        if not readonly:
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / "artifacts").mkdir(exist_ok=True)
+        uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}{'?mode=ro' if readonly else ''}"
+        self.db = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA busy_timeout=60000")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db.execute("PRAGMA busy_timeout=60000")
+            self._check_schema(create=not readonly)
+            if verify:
+                self.check_integrity()
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise StoreDamaged(f"{self.path}: not a readable results store ({exc}); {repair_hint(self.root)}") from None
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _check_schema(self, *, create: bool) -> None:
+        """Create the schema in an empty file; refuse a newer schema version, a foreign file or altered columns."""
+        tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables and create:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+            tables = set(expected_columns())
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: written by a newer untunable (store schema {version}, this one knows "
+                             f"{SCHEMA_VERSION}); upgrade untunable to use it")
+        missing = [t for t in expected_columns() if t not in tables]
+        if missing:
+            held = ", ".join(sorted(tables)) or "no tables"
+            raise StoreError(f"{self.path}: not an untunable results store (it holds {held}; missing {', '.join(missing)})")
+        for table, columns in expected_columns().items():
+            found = [row[1] for row in self.db.execute(f"PRAGMA table_info({table})")]
+            if found != columns:
+                raise StoreError(f"{self.path}: table {table} has columns ({', '.join(found)}), expected "
+                                 f"({', '.join(columns)}); this store was altered and is not used")
+        if create:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            if version < SCHEMA_VERSION:  # a store from before schema versions: the same tables, now versioned
+                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def check_integrity(self, full: bool = False) -> None:
+        """SQLite's own check of every page (quick: structure only; full: also indexes); StoreError if damaged."""
+        try:
+            rows = [r[0] for r in self.db.execute("PRAGMA integrity_check" if full else "PRAGMA quick_check")]
+        except sqlite3.DatabaseError as exc:
+            rows = [str(exc)]
+        if rows != ["ok"]:
+            raise StoreDamaged(f"{self.path}: damaged ({rows[0]}{f' and {len(rows) - 1} more' if len(rows) > 1 else ''}); "
+                             f"{repair_hint(self.root)}")
 
     def close(self) -> None:
         self.db.close()
@@ -177,9 +254,33 @@ class Store:
         if row is None:
             return None
         path = self.root / row["path"]
-        if not path.exists() or sha256_file(path) != row["sha256"]:
-            raise RuntimeError(f"{path}: artifact missing or altered since cell {key[:12]} stored it")
+        if not path.resolve().is_relative_to(self.root.resolve()) or not path.exists() \
+                or sha256_file(path) != row["sha256"]:
+            raise StoreError(f"{path}: artifact missing or altered since cell {key[:12]} stored it; "
+                             f"{repair_hint(self.root)}")
         return path
+
+    def verify_artifacts(self, inputs) -> None:
+        """Before a run: every stored artifact of a finished cell still exists at its size (a cheap stat that
+        catches truncation), and every input the run is about to load still has its hash (else StoreError)."""
+        finished = ", ".join("?" * len(FINISHED))
+        for row in self.db.execute(f"SELECT a.key, a.path, a.bytes FROM artifacts a JOIN cells c ON c.key=a.key "
+                                   f"WHERE c.status IN ({finished})", FINISHED):
+            path = self.root / row["path"]
+            if not path.is_file() or path.stat().st_size != row["bytes"]:
+                raise StoreError(f"{path}: artifact missing or truncated since cell {row['key'][:12]} stored it; "
+                                 f"{repair_hint(self.root)}")
+        for key in sorted(set(inputs)):
+            if self.artifact(key) is None:
+                raise StoreError(f"{self.root}: cell {key[:12]} is finished but has no stored model; "
+                                 f"{repair_hint(self.root)}")
+
+    def mark_for_rerun(self, keys, reason: str) -> None:
+        """Make finished cells pending again (their artifacts forgotten), so the next run rebuilds them."""
+        with self.transaction() as db:
+            for key in keys:
+                db.execute("DELETE FROM artifacts WHERE key=?", (key,))
+                db.execute("UPDATE cells SET status='pending', error=? WHERE key=?", (reason, key))
 
     def artifact_dir(self, key: str) -> Path:
         path = self.root / "artifacts" / key[:2] / key

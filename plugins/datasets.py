@@ -382,9 +382,9 @@ def load_image_folder(params: dict, *, data_root: Path | None, image_size: int) 
 # -- registration ------------------------------------------------------------------------------------
 
 _LIMITS = (
-    Param("limit_train", "int", None, nullable=True, min=1,
+    Param("limit_train", "int", None, nullable=True, min=1, max=100_000_000,
           help="keep this many training images (stratified, seed 0): CPU-sized runs"),
-    Param("limit_test", "int", None, nullable=True, min=1, help="keep this many test images (stratified, seed 0)"),
+    Param("limit_test", "int", None, nullable=True, min=1, max=100_000_000, help="keep this many test images (stratified, seed 0)"),
 )
 _DOWNLOAD = Param("download", "bool", False, help="let torchvision download the files into the data root")
 
@@ -413,12 +413,12 @@ def register_datasets(register):
                                                               "(bird<->car, horse<->monkey) to line up with CIFAR-10")])
     register("image-folder", factory=f"{here}:load_image_folder", version="1",
              description="A folder of images (ImageNette, CINIC-10, CelebA, FFHQ), resized to the scenario size",
-             params=[Param("path", "str", None, nullable=True, help="the folder (relative paths start at the data root)"),
-                     Param("train_dir", "str", "train", help="training sub-folder"),
-                     Param("test_dir", "str", "val", help="test sub-folder ('test' is tried when it is missing)"),
+             params=[Param("path", "str", None, nullable=True, path=True, help="the folder (relative paths start at the data root)"),
+                     Param("train_dir", "str", "train", path=True, help="training sub-folder"),
+                     Param("test_dir", "str", "val", path=True, help="test sub-folder ('test' is tried when it is missing)"),
                      Param("labels", "str", "folders", choices=("folders", "none"),
                            help="folders: class = sub-folder name; none: one class (unlabelled images)"),
-                     Param("limit_per_class", "int", None, nullable=True, min=1,
+                     Param("limit_per_class", "int", None, nullable=True, min=1, max=100_000_000,
                            help="read at most this many images per class and split"),
                      Param("test_fraction", "float", 0.2, min=0.01, max=0.99,
                            help="test share when the folder has no train sub-folder"),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import glob
 import os
 import signal
 import sqlite3
@@ -20,6 +23,8 @@ from harness.plugins import registry
 from harness.runner import plan_cells, run
 from harness.store import SPLITS, X_UNITS, Store
 from tests.conftest import TINY_EXPERIMENT
+
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def run_file(path, results, threads=None, **kwargs):
@@ -181,36 +186,156 @@ GRID = TINY_EXPERIMENT.replace("seeds: [0]", "seeds: [0, 1, 2]").replace("worker
     "{epochs: 1, batch_size: 64, lr: 0.01}", "{epochs: 6, batch_size: 16, lr: [0.01, 0.02]}")
 
 
+def run_command(path, results):
+    return [sys.executable, "-m", "harness.cli", "run", str(path), "--results", str(results), "--quiet",
+            "--no-leaderboard"]
+
+
+def start_runner(path, results, log=None):
+    """The CLI runner as a real process (stderr, with its progress lines, to `log` if given)."""
+    return subprocess.Popen(run_command(path, results), stdout=subprocess.DEVNULL,
+                            stderr=open(log, "ab") if log else subprocess.DEVNULL)
+
+
+def attacks_done(results) -> int:
+    try:
+        return rows(results, "SELECT count(*) FROM cells WHERE kind='attack' AND status='done'")[0][0]
+    except sqlite3.Error:  # no store yet, or its tables are being created
+        return 0
+
+
+def wait_for(condition, runner, timeout=120.0) -> bool:
+    """Poll `condition` until it holds, the runner exits or `timeout` passes; True if it held."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and runner.poll() is None:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def kill(runner) -> None:
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait()
+
+
+def finished_times(results) -> dict[str, float]:
+    return dict(rows(results, "SELECT key, finished FROM cells WHERE status='done'"))
+
+
+def assert_grid_complete(path, results, before: dict[str, float]) -> None:
+    """Every planned cell is done, none is missing or extra, and none finished before was run again."""
+    after = finished_times(results)
+    assert set(rows(results, "SELECT DISTINCT status FROM cells")) == {("done",)}
+    assert all(after[key] == finished for key, finished in before.items())  # not run twice
+    _, cells = plan_cells(load_experiment(path), Runtime(root=str(results), cache_dir=str(results / "cache")),
+                          registry())
+    assert {c.key for c in cells} == set(after)  # none missing, none extra
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_runs_every_cell_exactly_once(write_experiment, tmp_path):
     """SIGKILL the runner mid-grid; the re-run finishes the grid and re-runs no finished cell."""
     path, results = write_experiment(GRID), tmp_path / "r"
-    command = [sys.executable, "-m", "harness.cli", "run", str(path), "--results", str(results), "--quiet",
-               "--no-leaderboard"]
-    runner = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.5)
-        if (results / "results.sqlite").exists() and \
-                rows(results, "SELECT count(*) FROM cells WHERE kind='attack' AND status='done'")[0][0] >= 3:
-            break
-    os.kill(runner.pid, signal.SIGKILL)
-    runner.wait()
+    runner = start_runner(path, results)
+    wait_for(lambda: attacks_done(results) >= 3, runner)
+    kill(runner)
     time.sleep(1.0)  # workers die with the runner (PR_SET_PDEATHSIG)
-    before = dict(rows(results, "SELECT key, finished FROM cells WHERE status='done'"))
+    before = finished_times(results)
     assert 0 < len(before) < 3 * 2 * 3 + 2
     assert rows(results, "SELECT count(*) FROM cells WHERE status='running'")[0][0] >= 1
 
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(run_command(path, results), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    after = dict(rows(results, "SELECT key, finished FROM cells"))
-    assert set(rows(results, "SELECT DISTINCT status FROM cells")) == {("done",)}
-    assert all(after[key] == finished for key, finished in before.items())  # not run twice
-    experiment = load_experiment(path)
-    _, cells = plan_cells(experiment, Runtime(root=str(results), cache_dir=str(results / "cache")), registry())
-    assert {c.key for c in cells} == set(after)  # none missing
-    store = Store(results)
-    assert all(store.status(c.key) == "done" for c in cells)
+    assert_grid_complete(path, results, before)
+
+
+@contextlib.contextmanager
+def adopting_orphans():
+    """Make this process the child subreaper: whatever a killed runner leaves alive is re-parented here."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    try:
+        yield
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0)
+
+
+def children() -> dict[int, str]:
+    """pid -> state of this process's children, from /proc."""
+    found = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            pid, rest = open(stat).read().split(" ", 1)
+            state, ppid = rest.rpartition(")")[2].split()[:2]
+            if int(ppid) == os.getpid():
+                found[int(pid)] = state
+    return found
+
+
+def orphans_left(known: set[int], grace: float = 10.0) -> list[int]:
+    """Reap the runner's re-parented processes as they die; those still alive after `grace` seconds."""
+    deadline = time.time() + grace
+    while True:
+        alive = []
+        for pid, state in children().items():
+            if pid in known:
+                continue
+            if state == "Z":
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+            else:
+                alive.append(pid)
+        if not alive or time.time() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+# When to kill: (event, seconds after it). "start": the process was spawned; "planned": it printed
+# "N cells to run" (workers are being spawned and import); a number: that many attack cells are done.
+KILL_MOMENTS = [("start", 0.3), ("planned", 0.0), ("planned", 0.15), ("planned", 0.4), ("planned", 0.7),
+                ("planned", 1.0), (2, 0.0), (4, 0.3), (6, 0.7), (9, 0.1)]
+FAULT_GRID = GRID.replace("seeds: [0, 1, 2]", "seeds: [0, 1]").replace("epochs: 6", "epochs: 3")  # 14 cells
+
+
+@pytest.mark.slow
+def test_fault_injection_kills_at_many_moments(write_experiment, tmp_path):
+    """SIGKILL the runner at many moments, from start-up through worker spawning to mid-grid, resuming each
+    time: no process outlives a kill, no finished cell runs twice, none is lost, and the curves are those
+    of an uninterrupted run."""
+    path, results, log = write_experiment(FAULT_GRID), tmp_path / "r", tmp_path / "runner.log"
+    reference = run_file(path, tmp_path / "reference", threads=1, workers=0)
+    assert reference.ok
+    seen: dict[str, float] = {}
+    known = set(children())
+    with adopting_orphans():
+        for event, delay in KILL_MOMENTS:
+            log.write_bytes(b"")
+            runner = start_runner(path, results, log)
+            if event == "planned":
+                reached = wait_for(lambda: b"cells to run" in log.read_bytes(), runner)
+            else:
+                reached = event == "start" or wait_for(lambda: attacks_done(results) >= event, runner)
+            time.sleep(delay)
+            if not reached or runner.poll() is not None:
+                runner.wait()
+                continue
+            kill(runner)
+            left = orphans_left(known)
+            for pid in left:
+                os.kill(pid, signal.SIGKILL)
+            assert not left, f"processes outlived the runner killed {delay}s after {event!r}: {left}"
+            try:
+                now = finished_times(results)
+            except sqlite3.Error:  # killed before the store had its tables
+                now = {}
+            assert all(now[key] == finished for key, finished in seen.items()), f"a cell ran twice ({event})"
+            seen = now
+    done = subprocess.run(run_command(path, results), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert_grid_complete(path, results, seen)
+    query = "SELECT c.key, p.x_unit, p.x, p.metric, p.value FROM points p JOIN cells c ON c.key=p.key ORDER BY 1, 2, 4, 3"
+    assert rows(results, query) == rows(tmp_path / "reference", query)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,17 +110,16 @@ def fingerprint(*tensors: torch.Tensor, settings: dict) -> str:
 def materialise(spec, params: dict, *, image_size: int, channels: int, normalisation: str,
                 data_root: Path | None, cache_dir: Path | None) -> Domain:
     """Read a dataset plugin's raw arrays, preprocess them once, and cache the tensors."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     settings = {"dataset": spec.name, "version": spec.cache_version, "params": params, "image_size": image_size,
                 "channels": channels, "normalisation": normalisation}
     cache_key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
     cache_file = Path(cache_dir) / "data" / f"{spec.name}-{cache_key[:16]}.safetensors" if cache_dir else None
     if cache_file is not None and cache_file.exists():
-        tensors = load_file(cache_file)
-        meta = json.loads(tensors.pop("__meta__").numpy().tobytes().decode())
-        return Domain(spec.name, Split(tensors["train_x"], tensors.get("train_y")),
-                      Split(tensors["test_x"], tensors.get("test_y")), meta["num_classes"], meta["fingerprint"])
+        cached = _read_cache(cache_file, spec.name)
+        if cached is not None:
+            return cached
 
     raw = spec.load()(params, data_root=data_root, image_size=image_size)
     train = _resize(_convert_channels(_to_float_nchw(raw.train_x), channels), image_size)
@@ -134,12 +134,37 @@ def materialise(spec, params: dict, *, image_size: int, channels: int, normalisa
                                                  settings={k: settings[k] for k in settings if k != "version"}))
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        meta = json.dumps({"num_classes": domain.num_classes, "fingerprint": domain.fingerprint}).encode()
+        meta = json.dumps({"num_classes": domain.num_classes, "fingerprint": domain.fingerprint,
+                           "settings": {k: settings[k] for k in settings if k != "version"}}).encode()
         tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
         save_file({"train_x": train.contiguous(), "test_x": test.contiguous(), **labels,
                    "__meta__": torch.frombuffer(bytearray(meta), dtype=torch.uint8)}, str(tmp))
         os.replace(tmp, cache_file)
     return domain
+
+
+def _read_cache(cache_file: Path, name: str) -> Domain | None:
+    """The cached domain if its tensors still hash to the fingerprint stored with them; else None (rebuild).
+
+    A truncated or altered cache file is reported on stderr and rebuilt, never trusted and never fatal.
+    """
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(cache_file)
+        meta = json.loads(tensors.pop("__meta__").numpy().tobytes().decode())
+        if "settings" not in meta:
+            return None  # written before caches carried what verifies them: rebuilt once, quietly
+        parts = [tensors["train_x"], tensors.get("train_y"), tensors["test_x"], tensors.get("test_y")]
+        intact = fingerprint(*_in_order(*parts), settings=meta["settings"]) == meta["fingerprint"]
+    except Exception as exc:  # safetensors, JSON and key errors alike mean a damaged file
+        intact, why = False, f"{type(exc).__name__}: {exc}"
+    else:
+        why = "its tensors no longer match their fingerprint"
+    if not intact:
+        print(f"{cache_file}: damaged data cache ({' '.join(why.split())[:160]}); rebuilding it", file=sys.stderr)
+        return None
+    return Domain(name, Split(parts[0], parts[1]), Split(parts[2], parts[3]), meta["num_classes"], meta["fingerprint"])
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,13 +11,13 @@ from harness.registry import ConfigError
 PRECISIONS = ("fp32", "bf16")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA when present; `cuda`/`cuda:N` fail clearly on a machine without it."""
+def resolve_device(name: str = "auto", where: str | None = None) -> torch.device:
+    """`auto` picks CUDA when present; `cuda`/`cuda:N` fail clearly (naming `where` it was asked for) without it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA is not available on this machine (use cpu or auto)", where=f"--device {name}")
+        raise ConfigError("CUDA is not available on this machine (use cpu or auto)", where=where or f"device {name}")
     return device
 
 

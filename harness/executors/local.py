@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from concurrent.futures import Future, ProcessPoolExecutor
 
 from harness import hookimpl
@@ -18,11 +19,11 @@ class LocalExecutor:
         self.pool = self._new_pool() if workers > 0 else None
 
     def _new_pool(self):
-        from harness.cells import worker_init
+        from harness.executors.worker_start import start_worker
 
         threads = self.runtime.threads or 1
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=worker_init, initargs=(threads,))
+                                   initializer=start_worker, initargs=(os.getpid(), threads))
 
     @property
     def capacity(self) -> int:

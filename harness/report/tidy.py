@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -17,9 +18,22 @@ COLUMNS = ["scenario", "suite", "start", "attack", "metric", "unit", "better", "
            "ci_low", "ci_high", "censored", "na", "display", "note", "per_seed"]
 
 
+# A spreadsheet evaluates a cell starting with one of these as a formula (=HYPERLINK(...), +cmd|...).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?%?")
+
+
+def neutralise(value):
+    """A text cell a spreadsheet would run as a formula, prefixed with ' so it is shown as text; numbers pass."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def write_csv(board: Leaderboard, out_dir: Path) -> list[Path]:
     path = Path(out_dir) / "leaderboard.csv"
     table = board.table[COLUMNS].assign(per_seed=board.table.per_seed.map(lambda d: json.dumps(d, sort_keys=True)))
+    table = table.apply(lambda column: column if pd.api.types.is_numeric_dtype(column) else column.map(neutralise))
     table.to_csv(path, index=False)
     return [path]
 

@@ -20,7 +20,7 @@ def register_metrics(register):
                       Column("drop", "delta", "lower", "O(P) − O(D), oriented so that positive is worse")],
              description="O@0, intactness O(D)/O(P) and drop O(P) − O(D) on the original domain")
     register("score", factory="plugins.metrics.builtin:score_at", version="1", order=20,
-             params=[Param("epochs", "list", [0, 1, 5, 10, 15, 20], help="epochs to show (plus the final one)")],
+             params=[Param("epochs", "list", [0, 1, 5, 10, 15, 20], item=Param("epoch", "int", 0, min=0, max=10_000), help="epochs to show (plus the final one)")],
              columns=[Column("score@t", "score", "against-score", "restricted score after t attack epochs")],
              description="score@t: restricted score after t attack epochs (t = 0 is non-transferability)")
     register("resistance", factory="plugins.metrics.builtin:resistance", version="1", order=30, params=[MIN_GAP],
