@@ -132,14 +132,11 @@ def test_allow_list_loads_only_named_entry_points(broken_plugin_installed):
     assert kinds == {"dataset", "defense"}
 
 
-def test_plugins_listing_imports_no_torch():
-    code = ("import sys; from harness.cli import main; main(['plugins']); "
-            "heavy = [m for m in ('torch', 'timm', 'peft', 'diffusers', 'pandas') if m in sys.modules]; "
-            "assert not heavy, heavy")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    for column in ("dataset", "untunable", "0.1.0"):
-        assert column in done.stdout
+def test_factory_must_be_a_function_or_an_import_string():
+    bad = plugin(register_attacks=lambda register: register("p", factory="untunable_example.probe.probe"))
+    reg = Registry(strict=False)
+    assert not reg.add(bad, name="bad")
+    assert "factory must be a function or a 'module:function' string" in reg.errors[0].message
 
 
 @contextlib.contextmanager
@@ -166,6 +163,17 @@ def example_plugin_installed(tmp_path):
 def toy_task_installed(tmp_path):
     with installed("toy_task", "untunable-toy-task", tmp_path):
         yield
+
+
+def test_plugins_listing_imports_no_torch(example_plugin_installed):
+    """The example plugin registers its factory as a function object: holding it imports nothing heavy."""
+    code = ("import sys; from harness.cli import main; main(['plugins']); "
+            "heavy = [m for m in ('torch', 'timm', 'peft', 'diffusers', 'pandas') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for column in ("dataset", "untunable", "0.1.0", "example-probe"):
+        assert column in done.stdout
 
 
 def test_pip_installed_plugin_is_discovered_and_runs_in_a_grid(example_plugin_installed, write_experiment, tmp_path):
