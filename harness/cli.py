@@ -175,6 +175,11 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_plugin_check(args) -> int:
+    """Check one plugin at `--threads` torch threads (1 by default: more threads thrash a busy small machine)."""
+    import time
+
+    import torch
+
     from harness.testing import check_plugin
 
     kinds = [k for k in ("attack", "defense") if args.name in _registry().specs[k]]
@@ -182,11 +187,21 @@ def cmd_plugin_check(args) -> int:
         _registry().get("attack", args.name, where="plugin-check")  # raises with a did-you-mean
     if args.task is not None:
         _registry().get("task", args.task, where="plugin-check --task")
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
     problems = check_plugin(kinds[0], args.name, task=args.task)
+    took = f"{time.perf_counter() - started:.1f} s at {args.threads} thread{'s' if args.threads > 1 else ''}"
     for problem in problems:
         print(f"{args.name}: {problem}")
-    print(f"{args.name}: {'FAILED' if problems else 'ok (runs on a tiny CPU cell, records a curve, deterministic)'}")
+    print(f"{args.name}: {'FAILED' if problems else 'ok (runs on a tiny CPU cell, records a curve, deterministic)'}"
+          f" in {took}")
     return 1 if problems else 0
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -232,6 +247,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugin-check", help="run an attack or defense on a tiny CPU cell twice; check determinism")
     p.add_argument("name")
     p.add_argument("--task", help="the task family of the tiny cell (default: the first one the plugin serves)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
     p.set_defaults(func=cmd_plugin_check)
     p = sub.add_parser("plugins", help="list installed plugins (no torch import)")
     p.add_argument("--params", action="store_true", help="also list every parameter")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -264,3 +265,25 @@ def test_a_classification_defense_is_refused_on_another_task(toy_task_installed,
 def test_plugin_check_runs_an_attack_on_another_task(toy_task_installed):
     done = _cli("plugin-check", "finetune", "--task", "brightness")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture
+def restore_torch_threads():
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_plugin_check_runs_at_one_thread_by_default_and_reports_its_time(capsys, restore_torch_threads):
+    import torch
+
+    assert main(["plugin-check", "none"]) == 0
+    assert torch.get_num_threads() == 1
+    assert re.search(r"^none: ok .* in \d+\.\d s at 1 thread$", capsys.readouterr().out, re.M)
+    assert main(["plugin-check", "none", "--threads", "2"]) == 0
+    assert torch.get_num_threads() == 2 and "at 2 threads" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["plugin-check", "none", "--threads", "0"])
+    assert "expected a positive integer, got '0'" in capsys.readouterr().err
