@@ -68,7 +68,7 @@ def _run(args, *, only_pretrain: bool) -> int:
     else:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new to run"
         print(f"{summary.total} cells: {summary.reused} reused, {counts}. Results: {runtime.root}")
-        if not args.no_leaderboard and not summary.failed:
+        if not args.no_leaderboard:
             _print_leaderboard(runtime.root, console)
     for title in summary.failed:
         print(f"failed: {title}", file=sys.stderr)
@@ -81,10 +81,14 @@ def _run(args, *, only_pretrain: bool) -> int:
 
 
 def _print_leaderboard(root, console):
-    """The leaderboard in the terminal, and its files next to the store."""
+    """The leaderboard in the terminal, and its files next to the store; failed cells are named in its notes."""
     from harness.leaderboard import write_leaderboard
 
-    written = write_leaderboard(root, formats=LEADERBOARD_FORMATS, console=console)
+    try:
+        written = write_leaderboard(root, formats=LEADERBOARD_FORMATS, console=console)
+    except ConfigError as exc:  # e.g. every attack cell failed: say so, and let the failures be listed
+        print(f"leaderboard: not written ({exc})", file=sys.stderr)
+        return
     print(f"leaderboard: {', '.join(str(p) for p in written if p.suffix != '.png')} (+{sum(p.suffix == '.png' for p in written)} plots)")
 
 
