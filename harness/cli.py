@@ -1,4 +1,4 @@
-"""`untunable run | validate | pretrain | list | curves | leaderboard | plugins | plugin-check`.
+"""`untunable run | validate | pretrain | list | curves | leaderboard | plugins | plugin-check | new`.
 
 User errors (a bad experiment file, an unknown plugin, a missing results directory) print one line and
 exit with status 2, without a traceback; failed cells make `run` exit with status 1.
@@ -202,6 +202,17 @@ def cmd_plugin_check(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_new(args) -> int:
+    from harness.scaffold import scaffold
+
+    written = scaffold(args.kind, args.name, args.dir, _registry())
+    root = written[0].parent
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: pip install -e {root} && (cd {root} && python -m pytest) && untunable plugin-check {args.name}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
@@ -253,6 +264,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="the task family of the tiny cell (default: the first one the plugin serves)")
     p.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
     p.set_defaults(func=cmd_plugin_check)
+    p = sub.add_parser("new", help="write a ready-to-install package for a new defense or attack")
+    p.add_argument("kind", choices=("defense", "attack"))
+    p.add_argument("name", help="the plugin's name, e.g. my-defense")
+    p.add_argument("--dir", help="the package folder to create (default ./untunable-NAME)")
+    p.set_defaults(func=cmd_new)
     p = sub.add_parser("plugins", help="list installed plugins (no torch import)")
     p.add_argument("--params", action="store_true", help="also list every parameter")
     p.set_defaults(func=cmd_plugins)
