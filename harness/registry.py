@@ -2,7 +2,8 @@
 
 A descriptor holds its factory as a function object or an import string ("module:attribute"). Either way
 nothing heavy is imported until a cell runs: plugin modules import torch inside their functions, so holding
-a function defined in one costs no more than naming it. Parameter schemas validate experiment files with errors that name the field.
+a function defined in one costs no more than naming it. Parameter schemas validate experiment files with
+errors that name the field.
 """
 
 from __future__ import annotations

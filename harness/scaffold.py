@@ -189,7 +189,7 @@ def scaffold(kind: str, name: str, directory: str | Path | None, registry) -> li
               "ident": name.replace("-", "_")}
     values["usage"] = Template(USAGE[kind]).substitute(values)
     files = {"pyproject.toml": PYPROJECT, "README.md": README, "tests/test_plugin.py": TEST,
-             f"{values['package']}/__init__.py": f'"""The {name} {kind} for untunable (the hooks are in plugin.py)."""\n',
+             f"{values['package']}/__init__.py": f'"""The {name} {kind} for untunable (hooks in plugin.py)."""\n',
              f"{values['package']}/plugin.py": DEFENSE if kind == "defense" else ATTACK}
     written = []
     for relative, template in files.items():

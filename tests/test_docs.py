@@ -10,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ("algorithms", "evaluation", "architecture")  # the reference pages in docs/, cited by section
-CITATION = re.compile(r"(?<![\w/.-])((?:\.{1,2}/|[\w-]+/)*(?:" + "|".join(PAGES) + r")\.md)(?:\S*\s+§\s*(\d+(?:\.\d+)?))?")
+CITATION = re.compile(r"(?<![\w/.-])((?:\.{1,2}/|[\w-]+/)*(?:" + "|".join(PAGES) + r")\.md)"
+                      r"(?:\S*\s+§\s*(\d+(?:\.\d+)?))?")
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".cfg", ".ini"}
 
 
