@@ -180,5 +180,4 @@ def register_attacks(register):
     register("finetune", factory="attacks.finetune:run", params=[*strategy_params(), *training_params()],
              version="1", tasks="any", check=check_strategy, tiny_params=TINY_PARAMS,
              description="Fine-tune the start model on the adversary data: direct/initFC head x "
-                                      "all/FC-only, any optimizer, lr, batch, epochs, schedule (SOPHON's protocol "
-                                      "by default)")
+                         "all/FC-only, any optimizer, lr, batch, epochs, schedule (SOPHON's protocol by default)")
