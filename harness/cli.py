@@ -184,20 +184,23 @@ def cmd_plugin_check(args) -> int:
 
     import torch
 
-    from harness.testing import check_plugin
+    from harness.testing import CHECKED_KINDS, check_plugin
 
-    kinds = [k for k in ("attack", "defense") if args.name in _registry().specs[k]]
+    kinds = [k for k in CHECKED_KINDS if args.name in _registry().specs[k]]
     if not kinds:
         _registry().get("attack", args.name, where="plugin-check")  # raises with a did-you-mean
+    if kinds[0] == "metric" and not args.results:
+        raise ConfigError("checking a metric needs a results directory to run on (--results DIR)", where=args.name)
     if args.task is not None:
         _registry().get("task", args.task, where="plugin-check --task")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    problems = check_plugin(kinds[0], args.name, task=args.task)
+    problems = check_plugin(kinds[0], args.name, task=args.task, results=args.results,
+                            data_root=args.data_root or os.environ.get("UNTUNABLE_DATA"))
     took = f"{time.perf_counter() - started:.1f} s at {args.threads} thread{'s' if args.threads > 1 else ''}"
     for problem in problems:
         print(f"{args.name}: {problem}")
-    print(f"{args.name}: {'FAILED' if problems else 'ok (runs on a tiny CPU cell, records a curve, deterministic)'}"
+    print(f"{args.name}: {'FAILED' if problems else f'ok ({kinds[0]} conformance: runs, deterministic, finite)'}"
           f" in {took}")
     return 1 if problems else 0
 
@@ -259,10 +262,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", help="only these attack suites (comma-separated)")
     p.add_argument("--out", help="output directory (default: the results directory)")
     p.set_defaults(func=cmd_leaderboard)
-    p = sub.add_parser("plugin-check", help="run an attack or defense on a tiny CPU cell twice; check determinism")
+    p = sub.add_parser("plugin-check", help="check a plugin against its kind's contract (a tiny CPU cell, twice)")
     p.add_argument("name")
     p.add_argument("--task", help="the task family of the tiny cell (default: the first one the plugin serves)")
     p.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
+    p.add_argument("--data-root", help="a dataset's files (default $UNTUNABLE_DATA, else the reader's own search)")
+    p.add_argument("--results", help="a results directory a metric is checked on")
     p.set_defaults(func=cmd_plugin_check)
     p = sub.add_parser("new", help="write a ready-to-install package for a new defense or attack")
     p.add_argument("kind", choices=("defense", "attack"))
