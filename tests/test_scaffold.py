@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from harness.cli import main
+from tests.conftest import TINY_EXPERIMENT
 
 
 def test_new_writes_a_package_and_refuses_bad_names(tmp_path, capsys):
@@ -55,22 +56,9 @@ def test_scaffolded_plugins_install_pass_their_checks_and_reach_a_leaderboard(sc
         assert "1 passed" in _run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=folder)
     for name in ("tiny-guard", "tiny-tune"):
         assert f"{name}: ok" in _run(sys.executable, "-m", "harness.cli", "plugin-check", name)
-    path = write_experiment("""
-        name: scaffolded
-        seeds: [0]
-        workers: 0
-        scenarios:
-          - name: digits
-            original: {dataset: digits}
-            restricted: {dataset: digits}
-            architecture: {name: cnn-s, params: {width: 0.5}}
-            image_size: 8
-            pretrain: {epochs: 1}
-        defenses:
-          - {plugin: tiny-guard, params: {steps: 20}}
-        attacks:
-          - {plugin: tiny-tune, label: tiny-tune, params: {epochs: 2}}
-        """)
+    path = write_experiment(TINY_EXPERIMENT.split("defenses:")[0] + (
+        "defenses:\n  - {plugin: tiny-guard, params: {steps: 20}}\n"
+        "attacks:\n  - {plugin: tiny-tune, label: tiny-tune, params: {epochs: 2}}\n"))
     _run(sys.executable, "-m", "harness.cli", "run", str(path), "--results", str(tmp_path / "r"), "--quiet")
     board = (tmp_path / "r" / "leaderboard.md").read_text()
     assert "| tiny-tune | defense:tiny-guard |" in board and "| tiny-tune | scratch |" in board
