@@ -20,8 +20,8 @@ from harness.tasks import Task
 API = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
 HEADING = re.compile(r"^#{2,4} `([\w.]+)(?:\((.*)\))?`$", re.M)
 # The modules whose public functions and classes a plugin may use (everything else is the core's).
-MODULES = ("harness.engine.train", "harness.engine.data", "harness.engine.models", "harness.engine.device",
-           "harness.engine.seeding", "harness.tasks", "harness.testing", "harness.data")
+MODULES = ("harness.engine.train", "harness.engine.data", "harness.engine.models", "harness.engine.oracle",
+           "harness.engine.device", "harness.engine.seeding", "harness.tasks", "harness.testing", "harness.data")
 INSTANCES = {"ctx": CellContext, "task": Task}  # how the reference spells the methods of these objects
 
 
@@ -84,6 +84,13 @@ def test_every_public_helper_is_documented_with_its_signature(module):
         if inspect.isfunction(obj):
             assert documented[name] == signature(obj), \
                 f"docs/api.md: `{name}({documented[name]})` but the code says `{name}({signature(obj)})`"
+
+
+def test_everything_the_harness_package_exports_is_documented():
+    import harness
+
+    missing = [name for name in harness.__all__ if f"### `harness.{name}`" not in API]
+    assert not missing, f"docs/api.md: no section for harness.{', harness.'.join(missing)}"
 
 
 def test_every_context_and_task_method_is_documented_with_its_signature():
