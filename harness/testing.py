@@ -98,7 +98,7 @@ def check_plugin(kind: str, name: str, params: dict | None = None, *, task: str 
     if kind == "metric":
         if results is None:
             raise ValueError("checking a metric needs a results directory (results=...)")
-        return _check_metric(spec, resolved, results)
+        return _check_metric(spec, results)
     raise ValueError(f"no conformance check for {kind} plugins; checked kinds: {', '.join(CHECKED_KINDS)}")
 
 
@@ -216,23 +216,18 @@ def _check_dataset(spec: PluginSpec, params: dict, data_root) -> list[str]:
     return problems
 
 
-def _check_metric(spec: PluginSpec, params: dict, results) -> list[str]:
-    """A leaderboard metric, run twice on a results directory: it returns per-seed rows with the columns
-    reporters need, known units, and the same values both times."""
-    from harness.leaderboard import PER_SEED, load_curves
+def _check_metric(spec: PluginSpec, results) -> list[str]:
+    """A leaderboard metric, run twice on a results directory as the leaderboard runs it: it returns per-seed rows
+    with the columns reporters need, only the columns it declared, and the same values both times."""
+    from harness.leaderboard import load_curves
+    from harness.leaderboard.metrics import compute_metrics
 
     curves = load_curves(results)
-    first, second = (spec.load()(curves, **params) for _ in range(2))
-    required = [c for c in PER_SEED if c not in ("measure", "note", "censored")]
-    missing = [c for c in required if c not in getattr(first, "columns", ())]
-    if missing:
-        return [f"returned no column {', '.join(missing)} (a metric returns a DataFrame of per-seed rows)"]
-    problems = []
-    if first.empty:
-        problems.append("returned no row for a store with finished attack cells")
-    units = set(first["unit"]) - {"score", "delta", "ratio", "steps"}
-    if units:
-        problems.append(f"unknown unit(s) {sorted(units)}: use score, delta, ratio or steps")
-    if not first[required].equals(second[required]):
+    try:
+        first, second = (compute_metrics(curves, [spec]) for _ in range(2))
+    except (ValueError, KeyError) as exc:
+        return [f"does not meet the metric contract: {exc}"]
+    problems = ["returned no row for a store with finished attack cells"] if first.empty else []
+    if not first.equals(second):
         problems.append("the same store gave different rows")
     return problems

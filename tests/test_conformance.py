@@ -132,4 +132,4 @@ def test_the_checks_find_what_is_broken(constructed_store):
         register_metrics=hookimpl(lambda register: register("bare", factory=no_columns))), name="broken")
     assert "reading the same files twice gave different arrays" in check_plugin("dataset", "random", registry=reg)[0]
     assert "breaks the classification model contract" in check_plugin("architecture", "headless", registry=reg)[0]
-    assert "returned no column scenario" in check_plugin("metric", "bare", registry=reg, results=constructed_store)[0]
+    assert "returned no column(s)" in check_plugin("metric", "bare", registry=reg, results=constructed_store)[0]
