@@ -20,7 +20,7 @@ test: setup data browser
 # A bounded selection of the slow end-to-end tests (what CI runs after `make test`).
 test-slow: setup data
 	@$(PYTEST) -q -m slow -k "$(SLOW)"; rc=$$?; if [ $$rc -eq 5 ]; then echo "make test-slow: no tests selected" >&2; exit 1; fi; exit $$rc
-SLOW ?= resume or ray_executor or demo_effect or fault_injection
+SLOW ?= resume or ray_executor or demo_effect or fault_injection or scaffolded_plugins
 
 # The CI leaderboard: real cells, written to runs/ci, then checked against the store.
 ci-leaderboard: setup data

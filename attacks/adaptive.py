@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from harness import Param, hookimpl
 
-from attacks.finetune import Recipe, run as fine_tune_with_strategy, strategy_params, training_params
+from attacks.finetune import TINY_PARAMS, Recipe, run as fine_tune_with_strategy, strategy_params, training_params
 
 
 def reestimate_bn_(ctx, model, *, batch_size: int, passes: int) -> int:
@@ -99,7 +99,7 @@ def long_horizon(ctx, model):
 def register_attacks(register):
     def attack(name: str, description: str, *own: Param, strategy: str = "direct+all"):
         register(name, factory=f"attacks.adaptive:{name}", version="1", description=description,
-                 params=[*own, *strategy_params(strategy), *training_params()])
+                 params=[*own, *strategy_params(strategy), *training_params()], tiny_params=TINY_PARAMS)
 
     attack("bn_reestimate", "Re-estimate BatchNorm statistics on the adversary data, then fine-tune",
            Param("bn_passes", "int", 1, min=1, max=10_000, help="passes over the adversary data (batches of batch_size)"))

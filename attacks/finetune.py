@@ -30,6 +30,9 @@ def strategy_params(default: str = "direct+all") -> list[Param]:
             HEAD_INIT]
 
 
+TINY_PARAMS = {"epochs": 2, "batch_size": 50}  # what plugin-check runs: a few steps per epoch on its tiny data
+
+
 def training_params(*, optimizer: str = "sgd_momentum", lr: float = 1e-4) -> list[Param]:
     """The training recipe; defaults are the reference protocol unless an attack family has its own."""
     return [
@@ -175,6 +178,6 @@ def run(ctx, model, recipe: Recipe | None = None):
 @hookimpl
 def register_attacks(register):
     register("finetune", factory="attacks.finetune:run", params=[*strategy_params(), *training_params()],
-             version="1", tasks="any", check=check_strategy, description="Fine-tune the start model on the adversary data: direct/initFC head x "
-                                      "all/FC-only, any optimizer, lr, batch, epochs, schedule (SOPHON's protocol "
-                                      "by default)")
+             version="1", tasks="any", check=check_strategy, tiny_params=TINY_PARAMS,
+             description="Fine-tune the start model on the adversary data: direct/initFC head x "
+                         "all/FC-only, any optimizer, lr, batch, epochs, schedule (SOPHON's protocol by default)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from harness import Param, hookimpl
 
-from attacks.finetune import HEAD_INIT, Recipe, fine_tune, prepare_head, training_params
+from attacks.finetune import HEAD_INIT, TINY_PARAMS, Recipe, fine_tune, prepare_head, training_params
 
 
 def lora_targets(model) -> tuple[list[str], list[str]]:
@@ -72,5 +72,6 @@ def register_attacks(register):
         *training_params(optimizer="adamw", lr=1e-3),
     ]
     register("lora", factory="attacks.lora:run", params=params, version="1", tasks="any", check=check_strategy,
+             tiny_params=TINY_PARAMS,
              description="LoRA (peft) on every Conv2d/Linear but the head, head trained in full; merged for "
                          "evaluation")

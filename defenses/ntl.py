@@ -145,7 +145,7 @@ def record_progress(ctx, model, step: int) -> None:
 
 @hookimpl
 def register_defenses(register):
-    register("ntl", factory="defenses.ntl:train_ntl", version="1",
+    register("ntl", factory="defenses.ntl:train_ntl", version="1", tiny_params={"epochs": 1},
              description="Target-specified NTL: KL on both domains plus feature MMD, target pushed away",
              params=[
                  Param("alpha", "float", 0.1, min=0.0, help="weight of the target KL term [ref]"),

@@ -506,6 +506,11 @@ def train_klu(ctx, model):
 
 # -- registration ----------------------------------------------------------------------------------------
 
+# What plugin-check runs: two iterations that really train (no guard stop) and probe.
+TINY_PARAMS = {"total_loop": 2, "adaptation_steps": 3, "batch_size": 20, "ntr_batch_size": 20, "guard_threshold": 0.0,
+               "probe_every": 1, "probe_batch_size": 32}
+
+
 def loop_params(*, total_loop: int, alpha: float, beta: float, nl_loop: int, ntr_optimizer: str) -> list[Param]:
     """The parameters of the FTS/NTR alternation every SOPHON family shares; the arguments are its per-variant
     defaults and the name of its NTR optimizer."""
@@ -573,7 +578,8 @@ def register_defenses(register):
                         help="negated-logits [ref code] or log-one-minus-p [paper formula]")
     register("sophon-ice", factory="defenses.sophon:train_ice", version="1", measures=[PROBE_MEASURE],
              description="SOPHON with inverse cross-entropy: simulated fine-tuning suppression + normal training",
-             params=[*sophon_params(alpha=3.0, beta=5.0, nl_loop=1, head_reinit=True), ice_variant])
+             params=[*sophon_params(alpha=3.0, beta=5.0, nl_loop=1, head_reinit=True), ice_variant],
+             tiny_params=TINY_PARAMS)
     register("sophon-klu", factory="defenses.sophon:train_klu", version="1", measures=[PROBE_MEASURE],
              description="SOPHON with KL-from-uniform: label-free fine-tuning suppression + normal training",
-             params=sophon_params(alpha=1.0, beta=1.0, nl_loop=5, head_reinit=False))
+             params=sophon_params(alpha=1.0, beta=1.0, nl_loop=5, head_reinit=False), tiny_params=TINY_PARAMS)

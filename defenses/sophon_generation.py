@@ -120,6 +120,10 @@ def train_dos(ctx, model):
 
 # -- registration ----------------------------------------------------------------------------------------
 
+# What plugin-check runs: two short iterations on its tiny data.
+TINY_PARAMS = {"total_loop": 2, "fast_batches": 2, "batch_size": 20, "ntr_batch_size": 20, "nl_loop": 1, "eval_every": 1}
+
+
 def generation_params(*, alpha: float, beta: float, batch_size: int, nl_loop: int, total_loop: int) -> list[Param]:
     """The shared schema; the arguments are the README defaults that differ between MSE and DoS (§3.2)."""
     return [
@@ -145,7 +149,9 @@ def register_defenses(register):
                   help="none [ref]: unbounded; [-40,0]: no FTS gradient once the mean query MSE exceeds 40")
     register("sophon-mse", factory="defenses.sophon_generation:train_mse", version="1", tasks=("denoising",),
              description="SOPHON for denoisers with the (unbounded) negated-MSE query loss",
-             params=[*generation_params(alpha=1.0, beta=5.0, batch_size=100, nl_loop=1, total_loop=1000), clamp])
+             params=[*generation_params(alpha=1.0, beta=5.0, batch_size=100, nl_loop=1, total_loop=1000), clamp],
+             tiny_params=TINY_PARAMS)
     register("sophon-dos", factory="defenses.sophon_generation:train_dos", version="1", tasks=("denoising",),
              description="SOPHON for denoisers with the denial-of-service query loss (predicted noise -> 0)",
-             params=generation_params(alpha=0.05, beta=2.0, batch_size=200, nl_loop=10, total_loop=200))
+             params=generation_params(alpha=0.05, beta=2.0, batch_size=200, nl_loop=10, total_loop=200),
+             tiny_params=TINY_PARAMS)

@@ -115,7 +115,7 @@ def _context(cell: Cell, runtime: Runtime, data: ScenarioData, recorder, *, seed
         restricted_test=data.restricted.test,
         original_train=data.original.train if role in ("defend", "pretrain") else None,
         build_model=_build_model_fn(cell.config["scenario"], task, data.restricted.num_classes, device),
-        recorder=recorder, task=task, workdir=None, log=lambda message: None,
+        recorder=recorder, task=task, log=lambda message: None,
     )
 
 

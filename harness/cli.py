@@ -1,4 +1,4 @@
-"""`untunable run | validate | pretrain | list | curves | leaderboard | check | plugins | plugin-check`.
+"""`untunable run | validate | pretrain | list | curves | leaderboard | check | plugins | plugin-check | new`.
 
 User errors (a bad experiment file or flag, an unknown plugin, a missing dataset, a missing, damaged or
 foreign results store) print one line and exit with status 2, without a traceback; failed cells make
@@ -88,7 +88,7 @@ def _run(args, *, only_pretrain: bool) -> int:
     else:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new to run"
         print(f"{summary.total} cells: {summary.reused} reused, {counts}. Results: {runtime.root}")
-        if not args.no_leaderboard and not summary.failed:
+        if not args.no_leaderboard:
             _print_leaderboard(runtime.root, console)
     for title in summary.failed:
         print(f"failed: {title}", file=sys.stderr)
@@ -101,10 +101,14 @@ def _run(args, *, only_pretrain: bool) -> int:
 
 
 def _print_leaderboard(root, console):
-    """The leaderboard in the terminal, and its files next to the store."""
+    """The leaderboard in the terminal, and its files next to the store; failed cells are named in its notes."""
     from harness.leaderboard import write_leaderboard
 
-    written = write_leaderboard(root, formats=LEADERBOARD_FORMATS, console=console)
+    try:
+        written = write_leaderboard(root, formats=LEADERBOARD_FORMATS, console=console)
+    except ConfigError as exc:  # e.g. every attack cell failed: say so, and let the failures be listed
+        print(f"leaderboard: not written ({exc})", file=sys.stderr)
+        return
     print(f"leaderboard: {', '.join(str(p) for p in written if p.suffix != '.png')} (+{sum(p.suffix == '.png' for p in written)} plots)")
 
 
@@ -210,17 +214,29 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_plugin_check(args) -> int:
-    from harness.testing import check_plugin
+    """Check one plugin at `--threads` torch threads (1 by default: more threads thrash a busy small machine)."""
+    import time
 
-    kinds = [k for k in ("attack", "defense") if args.name in _registry().specs[k]]
+    import torch
+
+    from harness.testing import CHECKED_KINDS, check_plugin
+
+    kinds = [k for k in CHECKED_KINDS if args.name in _registry().specs[k]]
     if not kinds:
         _registry().get("attack", args.name, where="plugin-check")  # raises with a did-you-mean
+    if kinds[0] == "metric" and not args.results:
+        raise ConfigError("checking a metric needs a results directory to run on (--results DIR)", where=args.name)
     if args.task is not None:
         _registry().get("task", args.task, where="plugin-check --task")
-    problems = check_plugin(kinds[0], args.name, task=args.task)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    problems = check_plugin(kinds[0], args.name, task=args.task, results=args.results,
+                            data_root=args.data_root or os.environ.get("UNTUNABLE_DATA"))
+    took = f"{time.perf_counter() - started:.1f} s at {args.threads} thread{'s' if args.threads > 1 else ''}"
     for problem in problems:
         print(f"{args.name}: {problem}")
-    print(f"{args.name}: {'FAILED' if problems else 'ok (runs on a tiny CPU cell, records a curve, deterministic)'}")
+    print(f"{args.name}: {'FAILED' if problems else f'ok ({kinds[0]} conformance: runs, deterministic, finite)'}"
+          f" in {took}")
     return 1 if problems else 0
 
 
@@ -249,6 +265,17 @@ def _bounded(low: int, high: int):
             raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {value}")
         return value
     return parse
+
+
+def cmd_new(args) -> int:
+    from harness.scaffold import scaffold
+
+    written = scaffold(args.kind, args.name, args.dir, _registry())
+    root = written[0].parent
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: pip install -e {root} && (cd {root} && python -m pytest) && untunable plugin-check {args.name}")
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -299,10 +326,18 @@ def parser() -> argparse.ArgumentParser:
                    help="salvage a damaged store and make cells with missing or altered artifacts (and everything "
                         "built on them) run again on the next `untunable run`")
     p.set_defaults(func=cmd_check)
-    p = sub.add_parser("plugin-check", help="run an attack or defense on a tiny CPU cell twice; check determinism")
+    p = sub.add_parser("plugin-check", help="check a plugin against its kind's contract (a tiny CPU cell, twice)")
     p.add_argument("name")
     p.add_argument("--task", help="the task family of the tiny cell (default: the first one the plugin serves)")
+    p.add_argument("--threads", type=_bounded(1, validation.MAX_THREADS), default=1, help="torch threads (default 1)")
+    p.add_argument("--data-root", help="a dataset's files (default $UNTUNABLE_DATA, else the reader's own search)")
+    p.add_argument("--results", help="a results directory a metric is checked on")
     p.set_defaults(func=cmd_plugin_check)
+    p = sub.add_parser("new", help="write a ready-to-install package for a new defense or attack")
+    p.add_argument("kind", choices=("defense", "attack"))
+    p.add_argument("name", help="the plugin's name, e.g. my-defense")
+    p.add_argument("--dir", help="the package folder to create (default ./untunable-NAME)")
+    p.set_defaults(func=cmd_new)
     p = sub.add_parser("plugins", help="list installed plugins (no torch import)")
     p.add_argument("--params", action="store_true", help="also list every parameter")
     p.set_defaults(func=cmd_plugins)

@@ -1,8 +1,9 @@
 """Pluggy markers and hook specifications.
 
 Every `register_*` hook receives a `register` callback; a plugin calls it once per thing it offers, with
-a light descriptor (name, description, version, parameter schema, factory as an import string), so that
-listing and validating never import torch. Arguments are keyword-only so hooks can grow.
+a light descriptor (name, description, version, parameter schema, and the factory as a function or a
+"module:function" string), so that listing and validating never import torch: plugin modules import torch
+inside the functions that run a cell. Arguments are keyword-only so hooks can grow.
 """
 
 import pluggy
@@ -23,7 +24,7 @@ class Specs:
 
     @hookspec
     def register_datasets(self, register):
-        """Offer datasets: `register(name=..., factory="module:function", params=[Param...], ...)`."""
+        """Offer datasets: `register(name, factory=read, params=[Param...], ...)` (factory may be "module:function")."""
 
     @hookspec
     def register_architectures(self, register):

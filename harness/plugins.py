@@ -113,6 +113,9 @@ class Registry:
             params = tuple(params)
             if not all(isinstance(p, Param) for p in params):
                 raise PluginError(f"{kind} {name!r}: params must be harness.Param objects")
+            if factory is not None and not callable(factory) and ":" not in str(factory):
+                raise PluginError(f"{kind} {name!r}: factory must be a function or a 'module:function' string, "
+                                  f"not {factory!r}")
             extra = _checked_extra(kind, name, extra, params)
             collected.append(PluginSpec(kind=kind, name=name, description=description.strip().splitlines()[0]
                                         if description.strip() else "", factory=factory, params=params,

@@ -1,7 +1,9 @@
 """Light plugin descriptors and parameter schemas.
 
-A descriptor names its factory as an import string ("module:attribute"); nothing heavy is imported until
-a cell actually runs. Parameter schemas validate experiment files with errors that name the field.
+A descriptor holds its factory as a function object or an import string ("module:attribute"). Either way
+nothing heavy is imported until a cell runs: plugin modules import torch inside their functions, so holding
+a function defined in one costs no more than naming it. Parameter schemas validate experiment files with
+errors that name the field.
 """
 
 from __future__ import annotations
@@ -261,7 +263,7 @@ class PluginSpec:
     extra: dict = field(default_factory=dict)
 
     def load(self) -> Callable:
-        """Import and return the factory (the first heavy import happens here)."""
+        """The factory: the function itself, or imported from its "module:attribute" string."""
         return load_reference(self.factory)
 
     def resolve(self, given: dict | None, where: str) -> dict:

@@ -148,7 +148,7 @@ def register_architectures(register):
              description="Small CPU CNN: conv 16/32 with BatchNorm, ~30k parameters at 28x28")
     register("cnn-m", factory=f"{here}:build_cnn_m", params=[width], version="1",
              description="CPU CNN: conv 32/64 with BatchNorm and a hidden Linear, ~210k parameters at 28x28")
-    register("vgg", factory=f"{here}:build_vgg", params=[width], version="1",
+    register("vgg", factory=f"{here}:build_vgg", params=[width], version="1", tiny_sizes={"size": 32},
              description="SOPHON/NTL VGG-13 (cfg B, no BN), MLP head sized from the input (64x64 in the papers)")
     for name in ("resnet18", "resnet34", "resnet50", "caformer_s18", "caformer_m36"):
         register(name, factory=f"{here}:build_{name}", params=[weights], version="1",

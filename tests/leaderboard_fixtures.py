@@ -63,6 +63,7 @@ def build_store(root: Path, *, defense: str = "x", attack_plugin: str = "finetun
     _add(store, "pretrain-0", "pretrain", "original", "-", 0, {}, [(0, "epoch", "restricted/accuracy", 0.99)], "done")
     _add(store, "failed-0", "attack", "original", "ft-sgd", 0, {}, [(3, "epoch", "restricted/accuracy", 0.01)],
          "failed")
+    _add(store, "defend-failed-1", "defend", "defense:y", "-", 1, {}, [], "failed")
     store.replace_memberships(members + [("failed-0", "paper", "sgd")])
     store.close()
     return root

@@ -116,6 +116,16 @@ def test_worst_case_intactness_and_scores(board):
     assert not board.table[(board.table.start == "scratch") & (board.table.metric == "intactness")].size
 
 
+def test_failed_cells_are_named_in_the_notes(board):
+    paper, optimizers = (next(s for s in board.sections if s.suite == suite) for suite in ("paper", "optimizers"))
+    notes = dict(paper.notes())
+    assert notes["sgd · original"].startswith("seed 0 FAILED and is left out of these numbers")
+    assert "running again retries it" in notes["sgd · original"]
+    assert notes["defense:y"].startswith("the defense FAILED on seed 1")
+    assert "momentum · original" not in dict(optimizers.notes())  # the failed cell is listed in paper only
+    assert dict(optimizers.notes())["defense:y"] == notes["defense:y"]
+
+
 def _md_tables(text: str) -> dict[str, list[list[str]]]:
     """Markdown tables by the '## ' heading above them: header row and body rows, cells unescaped."""
     tables, heading = defaultdict(list), None

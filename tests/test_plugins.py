@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -132,14 +133,11 @@ def test_allow_list_loads_only_named_entry_points(broken_plugin_installed):
     assert kinds == {"dataset", "defense"}
 
 
-def test_plugins_listing_imports_no_torch():
-    code = ("import sys; from harness.cli import main; main(['plugins']); "
-            "heavy = [m for m in ('torch', 'timm', 'peft', 'diffusers', 'pandas') if m in sys.modules]; "
-            "assert not heavy, heavy")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    for column in ("dataset", "untunable", "0.1.0"):
-        assert column in done.stdout
+def test_factory_must_be_a_function_or_an_import_string():
+    bad = plugin(register_attacks=lambda register: register("p", factory="untunable_example.probe.probe"))
+    reg = Registry(strict=False)
+    assert not reg.add(bad, name="bad")
+    assert "factory must be a function or a 'module:function' string" in reg.errors[0].message
 
 
 @contextlib.contextmanager
@@ -166,6 +164,17 @@ def example_plugin_installed(tmp_path):
 def toy_task_installed(tmp_path):
     with installed("toy_task", "untunable-toy-task", tmp_path):
         yield
+
+
+def test_plugins_listing_imports_no_torch(example_plugin_installed):
+    """The example plugin registers its factory as a function object: holding it imports nothing heavy."""
+    code = ("import sys; from harness.cli import main; main(['plugins']); "
+            "heavy = [m for m in ('torch', 'timm', 'peft', 'diffusers', 'pandas') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for column in ("dataset", "untunable", "0.1.0", "example-probe"):
+        assert column in done.stdout
 
 
 def test_pip_installed_plugin_is_discovered_and_runs_in_a_grid(example_plugin_installed, write_experiment, tmp_path):
@@ -256,3 +265,25 @@ def test_a_classification_defense_is_refused_on_another_task(toy_task_installed,
 def test_plugin_check_runs_an_attack_on_another_task(toy_task_installed):
     done = _cli("plugin-check", "finetune", "--task", "brightness")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture
+def restore_torch_threads():
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_plugin_check_runs_at_one_thread_by_default_and_reports_its_time(capsys, restore_torch_threads):
+    import torch
+
+    assert main(["plugin-check", "none"]) == 0
+    assert torch.get_num_threads() == 1
+    assert re.search(r"^none: ok .* in \d+\.\d s at 1 thread$", capsys.readouterr().out, re.M)
+    assert main(["plugin-check", "none", "--threads", "2"]) == 0
+    assert torch.get_num_threads() == 2 and "at 2 threads" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["plugin-check", "none", "--threads", "0"])
+    assert "expected a positive integer, got '0'" in capsys.readouterr().err

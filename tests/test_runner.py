@@ -73,27 +73,6 @@ def test_same_seed_same_curve_and_shared_baselines(write_experiment, tmp_path):
     assert rows(tmp_path / "a", "SELECT count(*) FROM cells WHERE kind='attack' AND start IN ('scratch', 'original')") == [(2,)]
 
 
-def test_failing_cell_is_stored_and_others_continue(write_experiment, tmp_path):
-    def explode(ctx, model):
-        ctx.record_restricted(model, epoch=0, step=0)
-        raise ValueError("boom at epoch 0")
-
-    plugin = types.SimpleNamespace(register_attacks=hookimpl(lambda register: register(
-        "test-explode", description="raises", factory=explode)))
-    registry().add(plugin, name="test-explode")
-    try:
-        text = TINY_EXPERIMENT.replace("attacks:\n", "attacks:\n  - {plugin: test-explode}\n")
-        summary = run_file(write_experiment(text), tmp_path / "r")
-    finally:
-        registry().pm.unregister(plugin)
-        for kind in ("attack",):
-            registry().specs[kind].pop("test-explode", None)
-    assert len(summary.failed) == 3 and summary.statuses["done"] == 5
-    (error,) = set(rows(tmp_path / "r", "SELECT error FROM cells WHERE status='failed'"))
-    assert "ValueError: boom at epoch 0" in error[0] and "Traceback" in error[0]
-    assert rows(tmp_path / "r", "SELECT count(*) FROM points p JOIN cells c ON c.key=p.key WHERE c.status='failed'")[0][0] > 0
-
-
 @pytest.fixture
 def test_attack():
     """Register an attack plugin for one test (inline workers see it), and remove it afterwards."""
@@ -109,6 +88,25 @@ def test_attack():
     for name, plugin in added:
         registry().pm.unregister(plugin)
         registry().specs["attack"].pop(name, None)
+
+
+@pytest.fixture
+def exploding_attack(write_experiment, test_attack):
+    """The tiny experiment plus an attack `test-explode` that raises after recording its first point."""
+    def explode(ctx, model):
+        ctx.record(model, on="restricted", epoch=0, step=0)
+        raise ValueError("boom at epoch 0")
+
+    test_attack("test-explode", explode)
+    return write_experiment(TINY_EXPERIMENT.replace("attacks:\n", "attacks:\n  - {plugin: test-explode}\n"))
+
+
+def test_failing_cell_is_stored_and_others_continue(exploding_attack, tmp_path):
+    summary = run_file(exploding_attack, tmp_path / "r")
+    assert len(summary.failed) == 3 and summary.statuses["done"] == 5
+    (error,) = set(rows(tmp_path / "r", "SELECT error FROM cells WHERE status='failed'"))
+    assert "ValueError: boom at epoch 0" in error[0] and "Traceback" in error[0]
+    assert rows(tmp_path / "r", "SELECT count(*) FROM points p JOIN cells c ON c.key=p.key WHERE c.status='failed'")[0][0] > 0
 
 
 @pytest.mark.parametrize("metric", ["restricted/fid", "train/accuracy", "accuracy"])
@@ -142,6 +140,15 @@ def test_a_measure_declared_by_the_plugin_may_be_recorded(write_experiment, tmp_
     summary = run_file(write_experiment(text), tmp_path / "r")
     assert summary.ok
     assert rows(tmp_path / "r", "SELECT count(*) FROM points WHERE metric='restricted/sharpness'") == [(3,)]
+
+
+def test_a_run_with_failed_cells_still_writes_the_leaderboard_marking_them(exploding_attack, tmp_path, capsys):
+    assert main(["run", str(exploding_attack), "--results", str(tmp_path / "r"), "--quiet"]) == 1
+    out, err = capsys.readouterr()
+    assert "leaderboard:" in out and "failed: attack digits-to-digits scratch test-explode seed=0" in err
+    markdown = (tmp_path / "r" / "leaderboard.md").read_text()
+    assert "test-explode · scratch: seed 0 FAILED and is left out of these numbers" in markdown
+    assert "| sgd | defense:none |" in markdown  # the cells that finished are ranked as usual
 
 
 def test_diverging_attack_is_a_result(write_experiment, tmp_path):

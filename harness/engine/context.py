@@ -8,7 +8,6 @@ training data when the attack declares it needs some). Test sets are for evaluat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -25,14 +24,13 @@ from harness.tasks import Objective, Task, UnknownMetric
 
 @dataclass
 class Recorder:
-    """Collects a cell's curve points and artifact files; the runner commits them in one transaction.
+    """Collects a cell's curve points and notes; the runner commits them with the cell in one transaction.
 
     `allowed` names the metrics this cell may record (the task's and the plugin's declared measures on
     each domain): anything else raises UnknownMetric at once, so the cell fails where the mistake is.
     """
 
     points: list[tuple[float, str, str, float]] = field(default_factory=list)
-    artifacts: list[Path] = field(default_factory=list)
     notes: dict = field(default_factory=dict)
     allowed: frozenset[str] | None = None
 
@@ -63,7 +61,6 @@ class CellContext:
     recorder: Recorder
     task: Task
     original_train: Split | None = None
-    workdir: Path | None = None
     log: Callable[[str], None] = print
 
     def generator(self, name: str) -> torch.Generator:
@@ -71,6 +68,7 @@ class CellContext:
         return seeding.generator(self.seed, name)
 
     def autocast(self):
+        """bf16 autocast around forward passes when the cell runs in bf16, else nothing."""
         return autocast(self.device, self.precision)
 
     # -- task-neutral: whatever the scenario's task trains with and measures ---------------------------

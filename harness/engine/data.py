@@ -101,6 +101,7 @@ def _in_order(*tensors: torch.Tensor | None) -> list[torch.Tensor]:
 
 
 def fingerprint(*tensors: torch.Tensor, settings: dict) -> str:
+    """A SHA-256 over the settings (as sorted JSON) and the tensors' bytes: what a materialised dataset is keyed by."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for tensor in tensors:
         digest.update(tensor.contiguous().cpu().numpy().tobytes())

@@ -34,10 +34,12 @@ def check_classifier(model: nn.Module, architecture: str) -> None:
 
 
 def head(model: nn.Module) -> nn.Linear:
+    """The classification head of a model built from an architecture plugin (its `head_path`)."""
     return model.get_submodule(model.head_path)
 
 
 def head_parameter_names(model: nn.Module) -> set[str]:
+    """The head's parameter names as `model.named_parameters()` spells them (e.g. to freeze everything else)."""
     return {f"{model.head_path}.{name}" for name, _ in head(model).named_parameters()}
 
 
@@ -87,4 +89,5 @@ def load_model(model: nn.Module, path: Path) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """How many parameters the model has (trainable or not)."""
     return sum(p.numel() for p in model.parameters())

@@ -16,6 +16,7 @@ def derive_seed(*parts) -> int:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators (what layer initialisation draws from)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -30,6 +30,8 @@ class Diverged(Exception):
 
 
 def make_optimizer(name: str, params: Iterable, lr: float, weight_decay: float | None = None) -> torch.optim.Optimizer:
+    """An optimizer by name (harness.names.OPTIMIZERS) at the settings of docs/algorithms.md §8.3; `weight_decay`
+    None takes the optimizer's default from DEFAULT_WEIGHT_DECAY."""
     wd = DEFAULT_WEIGHT_DECAY[name] if weight_decay is None else weight_decay
     if name == "sgd_momentum":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)

@@ -38,6 +38,7 @@ class Curves:
     original: pd.DataFrame  # key, value: original-domain score at epoch 0
     points: pd.DataFrame  # key, x, x_unit, metric, value: every stored point, for metrics needing other measures
     measures: dict[str, Measure]  # scenario -> its score measure
+    failed: pd.DataFrame  # kind, scenario, suite (None = every suite), attack, start, seed: failed cells
 
     def by_epoch(self) -> pd.DataFrame:
         return self.cells.merge(self.epochs, on="key")
@@ -67,6 +68,7 @@ def load_curves(results_dir: str | Path, suites: list[str] | None = None,
                              db, params=FINISHED)
         members = pd.read_sql("SELECT rowid AS member_rank, key, suite, label AS attack FROM memberships "
                               "ORDER BY rowid", db)
+        failed = _failed_cells(db)
     if not members.empty:  # cells of an earlier plan (the experiment file changed since) are stale
         cells = cells[cells.key.isin(members.key)]
     if cells.empty:
@@ -106,7 +108,20 @@ def load_curves(results_dir: str | Path, suites: list[str] | None = None,
                   steps=steps.rename(columns={"x": "step"})[["key", "step", "value"]],
                   original=original[["key", "value"]].dropna(),
                   points=points[points.key.isin(unique.key)].reset_index(drop=True),
-                  measures={s: m for s, m in measures.items() if s in set(cells.scenario)})
+                  measures={s: m for s, m in measures.items() if s in set(cells.scenario)},
+                  failed=failed)
+
+
+def _failed_cells(db) -> pd.DataFrame:
+    """Failed attack cells of the current plan (by their suite label), and failed pretrain and defend cells that
+    no later run of the same start and seed replaced: the leaderboard names them instead of hiding them."""
+    return pd.read_sql(
+        "SELECT c.kind, c.scenario, m.suite, m.label AS attack, c.start, c.seed FROM cells c "
+        "JOIN memberships m ON m.key = c.key WHERE c.kind = 'attack' AND c.status = 'failed' "
+        "UNION ALL SELECT f.kind, f.scenario, NULL, '', f.start, f.seed FROM cells f "
+        "WHERE f.kind IN ('pretrain', 'defend') AND f.status = 'failed' AND NOT EXISTS (SELECT 1 FROM cells d "
+        "WHERE d.kind = f.kind AND d.scenario = f.scenario AND d.start = f.start AND d.seed = f.seed "
+        "AND d.status = 'done') ORDER BY 1, 2, 5, 6", db)
 
 
 def _score_measures(cells: pd.DataFrame, registry: Registry, path: Path) -> dict[str, Measure]:

@@ -58,6 +58,7 @@ class Section:
     defense_plugins: dict[str, dict]  # start -> {"plugin", "params", "description"}
     rows: pd.DataFrame  # this section's aggregated rows
     diverged: list[tuple[str, str, int]]  # (attack, start, seed) of the cells that diverged
+    failed: list[tuple[str, str, str, int]]  # (kind, attack, start, seed) of the cells that failed
 
     @property
     def title(self) -> str:
@@ -119,7 +120,16 @@ class Section:
                   for (attack, note), group in noted.groupby(["attack", "note"], sort=False)]
         return values + [(f"{attack} · {start}",
                           f"seed {seed} diverged; its last recorded score is carried to the end of the budget")
-                         for attack, start, seed in self.diverged]
+                         for attack, start, seed in self.diverged] + [
+            (" · ".join(part for part in (attack, start) if part), _failure_note(kind, seed))
+            for kind, attack, start, seed in self.failed]
+
+
+def _failure_note(kind: str, seed: int) -> str:
+    what = {"attack": f"seed {seed} FAILED and is left out of these numbers",
+            "defend": f"the defense FAILED on seed {seed}, so no attack ran from it",
+            "pretrain": f"pretraining FAILED on seed {seed}, so nothing that starts from it ran"}[kind]
+    return f"{what} (`untunable list` with `--failed` shows why; running again retries it)"
 
 
 def start_order(start: str) -> tuple:
@@ -156,5 +166,7 @@ def sections(curves: Curves, table: pd.DataFrame, registry: Registry) -> list[Se
                              for s, c in zip(cells.start, cells.config) if s.startswith("defense:")},
             rows=table[(table.scenario == scenario) & (table.suite == suite)].reset_index(drop=True),
             diverged=list(cells.loc[cells.status == "diverged", ["attack", "start", "seed"]]
-                          .itertuples(index=False, name=None))))
+                          .itertuples(index=False, name=None)),
+            failed=[(f.kind, f.attack, f.start, int(f.seed)) for f in curves.failed.itertuples()
+                    if f.scenario == scenario and (pd.isna(f.suite) or f.suite == suite)]))
     return sorted(out, key=lambda s: s.scenario)  # stable: suites stay in plan order
