@@ -1,4 +1,4 @@
-"""Adaptive attacks (algorithms.md §8.7): undo what a defense is likely to rely on, then fine-tune.
+"""Adaptive attacks (docs/algorithms.md §8.7): undo what a defense is likely to rely on, then fine-tune.
 
 Each is registered under its own name so its config holds only the parameters it uses, and each then runs the
 `finetune` attack with the same strategy and recipe parameters:

@@ -1,4 +1,4 @@
-"""Fine-tuning attacks (algorithms.md §8.1-8.4): a head strategy, then training with a recipe.
+"""Fine-tuning attacks (docs/algorithms.md §8.1-8.4): a head strategy, then training with a recipe.
 
 `fine_tune` is the one attack loop of the package: it records the curve (restricted test metrics at epoch 0,
 after every epoch and optionally every N steps; original-domain metrics at the end — the runner records them
@@ -36,7 +36,7 @@ TINY_PARAMS = {"epochs": 2, "batch_size": 50}  # what plugin-check runs: a few s
 def training_params(*, optimizer: str = "sgd_momentum", lr: float = 1e-4) -> list[Param]:
     """The training recipe; defaults are the reference protocol unless an attack family has its own."""
     return [
-        Param("optimizer", "str", optimizer, choices=OPTIMIZERS, help="algorithms.md §8.3"),
+        Param("optimizer", "str", optimizer, choices=OPTIMIZERS, help="docs/algorithms.md §8.3"),
         Param("lr", "float", lr, min=0.0, help="learning rate (peak lr under a schedule)"),
         Param("weight_decay", "float", None, nullable=True, min=0.0,
               help="null = the optimizer's default (1e-4; AdamW's decoupled 1e-2)"),

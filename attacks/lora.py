@@ -1,4 +1,4 @@
-"""LoRA attack through peft (algorithms.md §8.5): low-rank adapters on every Conv2d and Linear but the head.
+"""LoRA attack through peft (docs/algorithms.md §8.5): low-rank adapters on every Conv2d and Linear but the head.
 
 The head is trained in full (peft's `modules_to_save`), kept for `direct` and re-initialised for `initFC`.
 A model without a head (a denoising UNet) gets adapters on every Conv2d and Linear, attention projections

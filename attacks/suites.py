@@ -1,4 +1,4 @@
-"""Named attack suites (evaluation.md §3), defined at the paper's settings.
+"""Named attack suites (docs/evaluation.md §3), defined at the paper's settings.
 
 An entry is {"label", "plugin", "params"}; parameters it leaves out take the plugin's defaults (SOPHON's
 reference protocol for `finetune`), and an experiment may override any of them (e.g. epochs) for a whole

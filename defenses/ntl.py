@@ -1,4 +1,4 @@
-"""Target-specified Non-Transferable Learning (algorithms.md §4): accurate on the original domain, poor on a target.
+"""Target-specified Non-Transferable Learning (docs/algorithms.md §4): accurate on the original domain, poor on a target.
 
 Each step pairs an original-domain batch (source) with an equal-size batch from the defender half of the
 restricted data (target) and minimises KL_s − c(α·KL_t)·c(β·MMD): keep the source right, push target

@@ -1,4 +1,4 @@
-"""SOPHON (algorithms.md §2): make a released model hard to fine-tune on one domain; ICE and KLU for classifiers.
+"""SOPHON (docs/algorithms.md §2): make a released model hard to fine-tune on one domain; ICE and KLU for classifiers.
 
 Each outer iteration alternates fine-tuning suppression (FTS: simulate an attacker fine-tuning θ on the
 defender half of the restricted data, then move θ so that the simulated result does badly) with normal
@@ -26,7 +26,7 @@ from harness.registry import ConfigError, PluginSpec
 
 INNER_OPTIMIZERS = ("sgd", "momentum", "adam")
 HEAD_MODES = ("initFC", "direct")
-VAL_FRACTION = 0.1  # O_val = 10% of O_train when guard_split is original_val (algorithms.md §1.2)
+VAL_FRACTION = 0.1  # O_val = 10% of O_train when guard_split is original_val (docs/algorithms.md §1.2)
 PROBE_WEIGHT_DECAY = 1e-4
 
 

@@ -1,4 +1,4 @@
-"""SOPHON for diffusion models, MSE and DoS (algorithms.md §3): a denoiser that will not learn the restricted domain.
+"""SOPHON for diffusion models, MSE and DoS (docs/algorithms.md §3): a denoiser that will not learn the restricted domain.
 
 The loop and the meta-gradient are classification SOPHON's (defenses/sophon.py, `SophonLoop` and
 `fts_meta_gradient`); what differs is the variation: the simulated attacker minimises the denoising MSE,

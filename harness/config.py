@@ -62,7 +62,7 @@ class TaskRef(Strict):
 
 
 class PretrainSettings(Strict):
-    """How the unprotected original is trained on the original domain (algorithms.md §9)."""
+    """How the unprotected original is trained on the original domain (docs/algorithms.md §9)."""
 
     epochs: Int = Field(20, ge=1, le=rules.MAX_EPOCHS)
     optimizer: str = "adam"

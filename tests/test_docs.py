@@ -50,7 +50,6 @@ def test_docs_and_readme_cite_pages_that_exist():
     assert not broken, "\n".join(broken)
 
 
-@pytest.mark.xfail(strict=True, reason="citations rewritten by the lead at merge")
 def test_every_citation_of_a_reference_page_resolves_in_the_repository():
     broken = broken_citations()
     assert not broken, "\n".join(broken)

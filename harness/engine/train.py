@@ -20,7 +20,7 @@ from harness.engine.device import autocast
 from harness.names import OPTIMIZERS, SCHEDULES
 from harness.tasks import Objective
 
-# algorithms.md §8.3: the weight decay each optimizer uses unless a config says otherwise
+# docs/algorithms.md §8.3: the weight decay each optimizer uses unless a config says otherwise
 DEFAULT_WEIGHT_DECAY = {"sgd_momentum": 1e-4, "nesterov": 1e-4, "sgd": 1e-4, "adagrad": 1e-4, "adadelta": 1e-4,
                         "adam": 1e-4, "adamw": 1e-2}
 

@@ -1,4 +1,4 @@
-"""Built-in leaderboard metrics (evaluation.md §2), registered exactly as a third-party metric would be.
+"""Built-in leaderboard metrics (docs/evaluation.md §2), registered exactly as a third-party metric would be.
 
 A metric's factory takes the stored curves (harness.leaderboard.Curves) and its parameters and returns per-seed
 rows; `columns` declares the unit of every column it fills and which way is better for the defense, which is all

@@ -1,4 +1,4 @@
-"""The built-in leaderboard metrics (evaluation.md §2), computed from the stored curves; registered in
+"""The built-in leaderboard metrics (docs/evaluation.md §2), computed from the stored curves; registered in
 plugins/metrics/__init__.py with the unit and direction of every column they fill."""
 
 from __future__ import annotations

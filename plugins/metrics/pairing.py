@@ -29,7 +29,7 @@ def start_rows(frame: pd.DataFrame, start: str) -> pd.DataFrame:
 def relative(frame: pd.DataFrame, scratch: pd.DataFrame, min_gap: float, curves: Curves) -> pd.DataFrame:
     """(A_P − A) / (A_P − A_S) per seed, paired with the original and `scratch` on attack and seed.
 
-    For a lower-is-better score this is (A − A_P) / (A_S − A_P), the same number (evaluation.md's R_gen).
+    For a lower-is-better score this is (A − A_P) / (A_S − A_P), the same number (docs/evaluation.md's R_gen).
     n/a when the original beats scratch by less than `min_gap` (in the score's own unit): the ratio would divide
     by ~0, or by a negative gap, where "as hard as scratch" means nothing."""
     out = (frame.merge(start_rows(frame, "original").rename(columns={"value": "a_p"}), on=PAIR, how="left")
