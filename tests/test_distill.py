@@ -200,3 +200,15 @@ def test_a_grid_distils_from_the_nasty_teacher_the_normal_teacher_and_no_teacher
     gaps = board.per_seed[board.per_seed.metric == "gap vs no-teacher"]
     assert set(gaps.start) == {"defense:nasty-teacher", "original"} and len(gaps) == 6
     assert set(gaps.note) == {"one seed: no interval, so no verdict"}
+
+
+def test_the_gap_interval_is_a_t_interval_and_the_verdict_follows_it():
+    from plugins.undistillability import interval, verdict
+
+    low, high = interval([1.0, 2.0, 3.0])
+    half = 4.302652729911275 / math.sqrt(3)  # t(2 degrees of freedom, 0.975) · std 1 / √3
+    assert (low, high) == (pytest.approx(2 - half, rel=1e-9), pytest.approx(2 + half, rel=1e-9))
+    assert verdict([-0.05, -0.04, -0.06]).startswith("undistillable: its students are worse")
+    assert verdict([-0.05, 0.01, 0.02]).startswith("undistillable: its students do not beat")
+    assert verdict([0.05, 0.04, 0.06]).startswith("distillable")
+    assert verdict([0.05]) == "one seed: no interval, so no verdict"
