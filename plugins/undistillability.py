@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import math
 
-from harness import Param, hookimpl
+from harness import Column, Param, hookimpl
 
 STUDENT, GAP = "student", "gap vs no-teacher"
-COLUMNS = ["scenario", "suite", "start", "attack", "seed", "metric", "unit", "value", "note"]
+COLUMNS = ["scenario", "suite", "start", "attack", "seed", "metric", "value", "note"]
 
 
 def interval(values: list[float]) -> tuple[float, float] | None:
@@ -53,8 +53,8 @@ def undistillability(curves, baseline: str = "no-teacher"):
     paired = final.merge(base, on=pair)
     if paired.empty:
         return pd.DataFrame(columns=COLUMNS)
-    students = paired.assign(metric=STUDENT, unit="score", note="")
-    gaps = paired[paired.start != baseline].assign(metric=GAP, unit="delta")
+    students = paired.assign(metric=STUDENT, note="")
+    gaps = paired[paired.start != baseline].assign(metric=GAP)
     gaps["value"] = gaps.sign * (gaps.value - gaps.base)
     said = {key: verdict(list(group.value)) for key, group in gaps.groupby(["scenario", "suite", "attack", "start"])}
     gaps["note"] = [said[key] for key in zip(gaps.scenario, gaps.suite, gaps.attack, gaps.start)]
@@ -66,5 +66,8 @@ def register_metrics(register):
     register("undistillability", factory="plugins.undistillability:undistillability", version="1", order=80,
              params=[Param("baseline", "str", "no-teacher",
                            help="the reference start every student is compared with (CMIM: the no-teacher student)")],
+             columns=[Column(STUDENT, "score", "against-score", "the student's final restricted score"),
+                      Column(GAP, "delta", "lower", "student − no-teacher student, same attack config and seed; "
+                                                    "positive = the teacher helped")],
              description="student score per start and its gap to the no-teacher student (same attack config and "
                          "seed); undistillable when the gap's 95 % interval does not lie above 0")
