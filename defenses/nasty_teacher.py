@@ -23,7 +23,8 @@ NASTY_KL = Measure("nasty_kl", higher_is_better=True,
 
 def nasty_loss(teacher_logits, adversary_logits, labels, *, omega: float, tau: float, direction: str):
     """(loss, KL term): CE(z_t, y) − ω·τ²·KL, with KL(p^τ(z_t) ‖ p^τ(z_a)) for `teacher_first` (the reference's
-    KLDivLoss(log p^τ(z_a), p^τ(z_t))) or KL(p^τ(z_a) ‖ p^τ(z_t)) for `adversary_first` (the paper's equation as transcribed)."""
+    KLDivLoss(log p^τ(z_a), p^τ(z_t))) or KL(p^τ(z_a) ‖ p^τ(z_t)) for `adversary_first` (the paper's equation as
+    transcribed)."""
     import torch.nn.functional as F
 
     from attacks.distill import tempered_kl
@@ -129,7 +130,8 @@ def register_defenses(register):
                        help="ω, weight of the KL term [ref CIFAR-10: 0.04; CIFAR-100: 0.005; Tiny-ImageNet: 0.01]"),
                  Param("tau", "float", 4.0, min=0.01, help="τ, the temperature [ref CIFAR-10: 4; CIFAR-100: 20]"),
                  Param("nasty_kl_direction", "str", "teacher_first", choices=("teacher_first", "adversary_first"),
-                       help="teacher_first [ref code]: KL(p(z_t) ‖ p(z_a)); adversary_first: the paper's equation as transcribed"),
+                       help="teacher_first [ref code]: KL(p(z_t) ‖ p(z_a)); adversary_first: the paper's equation "
+                            "as transcribed"),
                  Param("nasty_init", "str", "scratch", choices=("scratch", "normal_teacher"),
                        help="scratch [ref]: a fresh model; normal_teacher: start from a copy of the original"),
                  Param("optimizer", "str", "sgd_momentum", choices=OPTIMIZERS, help="momentum 0.9 [ref]"),
