@@ -1,4 +1,4 @@
-"""Undistillability (evaluation.md §2, distillation row): does a teacher's student beat the student without one?
+"""Undistillability (docs/evaluation.md §2, distillation row): does a teacher's student beat the student without one?
 
 For every attack config and seed that has a `no-teacher` cell (the distill family declares that start), each
 start's student gets two columns: `student`, its final restricted score, and `gap vs no-teacher`, that score
