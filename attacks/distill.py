@@ -1,4 +1,4 @@
-"""Knowledge-distillation attack (docs/algorithms.md §8.6): train a student on the teacher's answers to the transfer set.
+"""Knowledge-distillation attack (docs/distillation.md): train a student on the teacher's answers to the transfer set.
 
 Black-box: KD needs only the teacher's outputs, so the attack is handed an Oracle in the scenario's `api`.
 Each transfer image is queried once and its answer reused every epoch (there is no augmentation, so the

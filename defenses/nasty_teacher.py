@@ -1,4 +1,4 @@
-"""Nasty Teacher (docs/algorithms.md §5): a classifier of normal accuracy whose softened outputs mislead distillation.
+"""Nasty Teacher (docs/distillation.md): a classifier of normal accuracy whose softened outputs mislead distillation.
 
 The defense's input model — the normally trained original — is the adversarial network A, frozen in eval mode
 without gradients. The nasty teacher (trained from a fresh model [ref] or from a copy of A) minimises

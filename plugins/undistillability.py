@@ -64,6 +64,7 @@ def undistillability(curves, baseline: str = "no-teacher"):
 @hookimpl
 def register_metrics(register):
     register("undistillability", factory="plugins.undistillability:undistillability", version="1", order=80,
+             tiny_params={"baseline": "scratch"},  # plugin-check's constructed store has no no-teacher cells
              params=[Param("baseline", "str", "no-teacher",
                            help="the reference start every student is compared with (CMIM: the no-teacher student)")],
              columns=[Column(STUDENT, "score", "against-score", "the student's final restricted score"),
