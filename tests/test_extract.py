@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import math
-import sqlite3
 
 import pytest
 import torch
 
 from attacks.extract import (infonce_loss, label_cross_entropy, logit_kl, mse_loss, soft_cross_entropy, softnn_loss,
                              steal, wasserstein_loss)
-from harness.cells import Runtime
-from harness.config import load_experiment
 from harness.engine.oracle import Oracle, make_oracle
-from harness.plugins import registry
-from harness.runner import run
 from harness.testing import check_plugin, seeded_model, tiny_context
 from tests.conftest import TINY_EXPERIMENT
+from tests.test_access import rows, run_experiment
 
 EXTRACT_PARAMS = {"queries": 60, "epochs": 2, "batch_size": 16, "requery": False, "optimizer": "adam", "lr": 1e-3,
                   "weight_decay": None, "logit_loss": "mse", "representation_loss": "mse", "probe_epochs": 2,
@@ -123,16 +119,23 @@ def test_the_victim_is_untouched_and_the_copy_learns_from_answers():
     assert agreement.float().mean() > 0.5  # well above the 10% of an unrelated model
 
 
-def test_a_ladder_of_budgets_is_a_grid_of_cells(write_experiment, tmp_path):
-    text = TINY_EXPERIMENT.replace(
-        "  - {plugin: finetune, label: sgd, params: {epochs: 1, batch_size: 64, lr: 0.01}}\n",
-        "  - {plugin: extract, params: {queries: [40, 120], epochs: 1}}\n").replace(
-        "  - {plugin: none}\n", "  - {plugin: none}\n  - {plugin: output-noise, params: {mean: 0.0, std: 0.1}}\n")
-    runtime = Runtime(root=str(tmp_path / "r"), device="cpu", cache_dir=str(tmp_path / "cache"))
-    summary = run(load_experiment(write_experiment(text)), runtime, registry())
+def run_tiny(write_experiment, tmp_path, *edits: tuple[str, str]):
+    """Run the tiny experiment with `edits` (old, new) applied to its text; return its results directory."""
+    text = TINY_EXPERIMENT
+    for old, new in edits:
+        text = text.replace(old, new)
+    summary, results = run_experiment(write_experiment, tmp_path, text)
     assert summary.ok
-    with sqlite3.connect(tmp_path / "r" / "results.sqlite") as db:
-        spent = db.execute("SELECT x FROM points WHERE x_unit = 'queries' AND metric = 'restricted/accuracy'").fetchall()
-        starts = {s for (s,) in db.execute("SELECT DISTINCT start FROM cells WHERE kind = 'attack'")}
-    assert sorted(x for (x,) in spent) == [40.0] * 3 + [120.0] * 3  # original, none, output-noise per budget
+    return results
+
+
+def test_a_ladder_of_budgets_is_a_grid_of_cells(write_experiment, tmp_path):
+    results = run_tiny(write_experiment, tmp_path,
+                       ("  - {plugin: finetune, label: sgd, params: {epochs: 1, batch_size: 64, lr: 0.01}}\n",
+                        "  - {plugin: extract, params: {queries: [40, 120], epochs: 1}}\n"),
+                       ("  - {plugin: none}\n",
+                        "  - {plugin: none}\n  - {plugin: output-noise, params: {mean: 0.0, std: 0.1}}\n"))
+    spent = rows(results, "SELECT x FROM points WHERE x_unit = 'queries' AND metric = 'restricted/accuracy'")
+    starts = {s for (s,) in rows(results, "SELECT DISTINCT start FROM cells WHERE kind = 'attack'")}
+    assert sorted(x for (x,) in spent) == [40.0] * 3 + [120.0] * 3  # original, none, noise per budget
     assert starts == {"original", "defense:none", "defense:output-noise"}
