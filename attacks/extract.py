@@ -231,6 +231,9 @@ def steal(ctx, oracle):
     return copy
 
 
+QUERY_LADDER = (1000, 5000, 9000, 20000, 50000)  # §7.4; 9000 is the reference's budget
+SUITE_LOSSES = ("mse", "infonce", "softnn")
+
 PROBE_ACCURACY = Measure("probe_accuracy", higher_is_better=True, display="percent",
                          description="accuracy of a linear probe on the frozen model's representation (§7.4)")
 
@@ -261,3 +264,13 @@ def register_attacks(register):
                  Param("probe_weight_decay", "float", 8e-4, min=0.0, help="linear-probe weight decay [ref]"),
                  Param("probe_batch_size", "int", 256, min=1, help="linear-probe batch [ref]"),
              ])
+
+
+@hookimpl
+def register_suites(register):
+    register("extract", version="1",
+             description="Encoder stealing with the MSE, InfoNCE and SoftNN losses at the §7.4 query budgets "
+                         "(for scenarios whose api is representation)",
+             entries=[{"label": loss, "plugin": "extract",
+                       "params": {"representation_loss": loss, "queries": list(QUERY_LADDER)}}
+                      for loss in SUITE_LOSSES])

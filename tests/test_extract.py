@@ -139,3 +139,15 @@ def test_a_ladder_of_budgets_is_a_grid_of_cells(write_experiment, tmp_path):
     starts = {s for (s,) in rows(results, "SELECT DISTINCT start FROM cells WHERE kind = 'attack'")}
     assert sorted(x for (x,) in spent) == [40.0] * 3 + [120.0] * 3  # original, none, noise per budget
     assert starts == {"original", "defense:none", "defense:output-noise"}
+
+
+def test_the_extract_suite_is_each_loss_at_each_budget_of_the_ladder(write_experiment):
+    from harness.config import load_experiment
+    from harness.plan import resolve
+    from harness.plugins import registry
+
+    text = TINY_EXPERIMENT.replace("{plugin: finetune, label: sgd, params: {epochs: 1, batch_size: 64, lr: 0.01}}",
+                                   "{suite: extract, params: {epochs: 1}}")
+    attacks = resolve(load_experiment(write_experiment(text)), registry()).attacks
+    assert sorted((a.params["representation_loss"], a.params["queries"]) for a in attacks) == sorted(
+        (loss, budget) for loss in ("mse", "infonce", "softnn") for budget in (1000, 5000, 9000, 20000, 50000))
