@@ -242,6 +242,7 @@ PROBE_ACCURACY = Measure("probe_accuracy", higher_is_better=True, display="perce
 def register_attacks(register):
     register("extract", factory="attacks.extract:steal", version="1", access="black-box", starts=[ORIGINAL],
              measures=[PROBE_ACCURACY], tasks=["classification"],
+             tiny_params={"queries": 60, "epochs": 2, "probe_epochs": 2},
              description="Steal a copy through the victim's API with the adversary's unlabelled images, at a "
                          "query budget (a list of budgets is a ladder)",
              params=[
