@@ -121,3 +121,26 @@ def test_asr_is_recorded_along_the_clean_fine_tuning_of_the_backdoored_start_onl
     assert attack_epochs == [0.0, 1.0, 2.0]
     assert {start for _, start, *_ in recorded} == {"defense:backdoor"}
     assert ("attack", "defense:backdoor", "original/asr_nontarget", 0.0) in recorded  # the runner's start record
+
+
+def test_domains_keep_their_normalisation_through_the_cache(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from harness.engine.data import materialise
+
+    spec = registry().get("dataset", "digits")
+    settings = dict(image_size=8, channels=1, normalisation="per_domain", data_root=None, cache_dir=tmp_path)
+    fresh = materialise(spec, spec.resolve({}, "digits"), **settings)
+    cached = materialise(spec, spec.resolve({}, "digits"), **settings)
+    assert len(fresh.mean) == len(fresh.std) == 1 and (cached.mean, cached.std) == (fresh.mean, fresh.std)
+    raw_white = (1.0 - fresh.mean[0]) / fresh.std[0]
+    assert fresh.train.x.max().item() <= raw_white + 1e-5  # no pixel is whiter than white
+
+    (cache_file,) = (tmp_path / "data").iterdir()  # a cache written before the normalisation was kept
+    tensors = load_file(cache_file)
+    meta = json.loads(tensors["__meta__"].numpy().tobytes().decode())
+    old = json.dumps({k: meta[k] for k in ("num_classes", "fingerprint")}).encode()
+    save_file({**tensors, "__meta__": torch.frombuffer(bytearray(old), dtype=torch.uint8)}, str(cache_file))
+    assert materialise(spec, spec.resolve({}, "digits"), **settings).mean == fresh.mean  # rebuilt, not ()
