@@ -97,7 +97,9 @@ def _build_model_fn(scenario: dict, task, num_classes: int, device):
 
 def _context(cell: Cell, runtime: Runtime, data: ScenarioData, recorder, *, seed: int, params: dict, role: str,
              plugin=None):
-    from harness.engine.context import CellContext
+    """The plugin's view of its cell. A cell whose model is (or starts from) a defense's release also records that
+    defense's evaluator measures (docs/starts-and-access.md)."""
+    from harness.engine.context import CellContext, start_evaluators
     from harness.engine.device import resolve_device
     from harness.tasks import metric_names
 
@@ -107,7 +109,9 @@ def _context(cell: Cell, runtime: Runtime, data: ScenarioData, recorder, *, seed
         raise ValueError(f"task {task.name!r} needs labelled data, but a dataset of this scenario has no labels")
     if task.head and data.original.num_classes != data.restricted.num_classes:
         raise ValueError("original and restricted domains must have the same number of classes (head reuse)")
-    recorder.allowed = metric_names(task, plugin)
+    defense = cell.config.get("defense") if role in ("defend", "attack") else None
+    start = _registry().get("defense", defense["plugin"]) if defense else None
+    recorder.allowed = metric_names(task, plugin, start)
     return CellContext(
         params=params, seed=seed, device=device, precision=runtime.precision,
         num_classes=data.restricted.num_classes, original_test=data.original.test,
@@ -116,6 +120,9 @@ def _context(cell: Cell, runtime: Runtime, data: ScenarioData, recorder, *, seed
         original_train=data.original.train if role in ("defend", "pretrain") else None,
         build_model=_build_model_fn(cell.config["scenario"], task, data.restricted.num_classes, device),
         recorder=recorder, task=task, log=lambda message: None,
+        normalisation={"original": (data.original.mean, data.original.std),
+                       "restricted": (data.restricted.mean, data.restricted.std)},
+        evaluators=start_evaluators(start, defense["params"] if defense else None),
     )
 
 

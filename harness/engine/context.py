@@ -8,6 +8,7 @@ training data when the attack declares it needs some). Test sets are for evaluat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import torch
@@ -17,9 +18,20 @@ from harness.engine import seeding
 from harness.engine.data import Split
 from harness.engine.device import autocast
 from harness.engine.train import evaluate
-from harness.registry import DOMAINS, did_you_mean
+from harness.registry import DOMAINS, PluginSpec, did_you_mean, load_reference
 from harness.store import X_UNITS
 from harness.tasks import Objective, Task, UnknownMetric
+
+# evaluator(ctx, model, split, on) -> {measure: value}: extra measures a defense adds to every record of its own
+# cell and of the attack cells that start from its release (a backdoor's attack success rate)
+Evaluator = Callable[["CellContext", nn.Module, Split, str], dict]
+
+
+def start_evaluators(defense: PluginSpec | None, params: dict | None) -> list[Evaluator]:
+    """The `evaluator` a defense registers (`evaluator=function(ctx, model, split, on, *, params)` or its
+    "module:function"), bound to the defense's parameters; none for other starts."""
+    reference = defense.extra.get("evaluator") if defense is not None else None
+    return [partial(load_reference(reference), params=params or {})] if reference else []
 
 
 @dataclass
@@ -62,6 +74,8 @@ class CellContext:
     task: Task
     original_train: Split | None = None
     log: Callable[[str], None] = print
+    normalisation: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = field(default_factory=dict)
+    evaluators: list[Evaluator] = field(default_factory=list)
 
     def generator(self, name: str) -> torch.Generator:
         """A named CPU generator derived from the cell seed (index permutations are drawn on the CPU)."""
@@ -70,6 +84,15 @@ class CellContext:
     def autocast(self):
         """bf16 autocast around forward passes when the cell runs in bf16, else nothing."""
         return autocast(self.device, self.precision)
+
+    def pixel(self, value: float, on: str) -> torch.Tensor:
+        """A raw pixel intensity in [0, 1] as the `on` domain's normalised tensors hold it, per channel, shaped
+        (C, 1, 1): (value − mean) / std. A domain without recorded normalisation (synthetic test data) holds raw
+        values."""
+        mean, std = self.normalisation.get(on) or ((), ())
+        if not mean:
+            mean, std = (0.0,), (1.0,)
+        return ((value - torch.tensor(mean)) / torch.tensor(std)).view(-1, 1, 1).to(self.device)
 
     # -- task-neutral: whatever the scenario's task trains with and measures ---------------------------
 
@@ -87,11 +110,15 @@ class CellContext:
 
     def record(self, model: nn.Module, *, on: str, epoch: float | None, step: int | None = None,
                queries: int | None = None) -> dict[str, float]:
-        """Evaluate on the `on` test set ("restricted" or "original") and record every measure against the
-        epoch, the step and the number of oracle queries given (None skips that unit); return the measures."""
+        """Evaluate on the `on` test set ("restricted" or "original") and record every measure (the task's and the
+        cell's evaluators') against the epoch, the step and the number of oracle queries given (None skips that
+        unit); return the measures."""
         if on not in DOMAINS:
             raise ValueError(f"on must be one of {list(DOMAINS)}, not {on!r}")
-        values = self.measure(model, self.restricted_test if on == "restricted" else self.original_test)
+        split = self.restricted_test if on == "restricted" else self.original_test
+        values = self.measure(model, split)
+        for evaluator in self.evaluators:
+            values.update(evaluator(self, model, split, on))
         for x, unit in ((epoch, "epoch"), (step, "step"), (queries, "queries")):
             if x is None:
                 continue

@@ -46,16 +46,20 @@ class Split:
 
 @dataclass
 class Domain:
-    """One preprocessed dataset: train and test splits, class count and content fingerprint."""
+    """One preprocessed dataset: train and test splits, class count, content fingerprint, and the per-channel
+    normalisation applied to its pixels in [0, 1] (what a raw pixel value becomes in these tensors)."""
 
     name: str
     train: Split
     test: Split
     num_classes: int
     fingerprint: str
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
     def to(self, device) -> "Domain":
-        return Domain(self.name, self.train.to(device), self.test.to(device), self.num_classes, self.fingerprint)
+        return Domain(self.name, self.train.to(device), self.test.to(device), self.num_classes, self.fingerprint,
+                      self.mean, self.std)
 
 
 def _to_float_nchw(images: np.ndarray) -> torch.Tensor:
@@ -132,7 +136,8 @@ def materialise(spec, params: dict, *, image_size: int, channels: int, normalisa
     settings["mean"], settings["std"] = list(mean), list(std)
     domain = Domain(spec.name, Split(train, labels.get("train_y")), Split(test, labels.get("test_y")),
                     raw.num_classes, fingerprint(*_in_order(train, labels.get("train_y"), test, labels.get("test_y")),
-                                                 settings={k: settings[k] for k in settings if k != "version"}))
+                                                 settings={k: settings[k] for k in settings if k != "version"}),
+                    tuple(mean), tuple(std))
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         meta = json.dumps({"num_classes": domain.num_classes, "fingerprint": domain.fingerprint,
@@ -165,7 +170,9 @@ def _read_cache(cache_file: Path, name: str) -> Domain | None:
     if not intact:
         print(f"{cache_file}: damaged data cache ({' '.join(why.split())[:160]}); rebuilding it", file=sys.stderr)
         return None
-    return Domain(name, Split(parts[0], parts[1]), Split(parts[2], parts[3]), meta["num_classes"], meta["fingerprint"])
+    settings = meta["settings"]
+    return Domain(name, Split(parts[0], parts[1]), Split(parts[2], parts[3]), meta["num_classes"], meta["fingerprint"],
+                  tuple(settings["mean"]), tuple(settings["std"]))
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,146 @@
+"""The backdoor defense: trigger stamping in normalised tensors, poisoning, ASR by hand, and ASR recorded along
+the clean fine-tuning curve of every attack cell that starts from the backdoored release."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from defenses.backdoor import KeptBackdoor, attack_success, implant_backdoor, poisoned, stamp, triggered
+from harness.engine.context import start_evaluators
+from harness.engine.data import Split
+from harness.plugins import registry
+from harness.testing import check_plugin, seeded_model, tiny_context
+from tests.test_access import rows
+from tests.test_extract import run_tiny
+
+TRIGGER = {"trigger_value": 1.0, "trigger_size": 2, "target": 0, "poison_rate": 0.25}
+RESISTANT = {"variant": "resistant", "implant_epochs": 1, "total_loop": 2, "adaptation_steps": 3, "batch_size": 20,
+             "ntr_batch_size": 32, "guard_threshold": 0.0}
+
+
+def backdoor_params(**given):
+    spec = registry().get("defense", "backdoor")
+    return spec, spec.resolve(given, "backdoor")
+
+
+def test_stamp_writes_the_square_per_channel_and_nothing_else():
+    x = torch.zeros(2, 3, 4, 4)
+    stamped = stamp(x, torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1), 2)
+    for channel, value in enumerate((1.0, 2.0, 3.0)):
+        assert torch.equal(stamped[:, channel, 2:, 2:], torch.full((2, 2, 2), value))
+    stamped[..., 2:, 2:] = 0
+    assert torch.equal(stamped, x) and x.abs().sum() == 0  # the input is not modified
+
+
+def test_stamping_normalised_tensors_equals_stamping_raw_pixels_then_normalising():
+    mean, std = (0.2, 0.5, 0.4), (0.3, 0.25, 0.5)
+    ctx = tiny_context({})
+    ctx.normalisation = {"original": (mean, std)}
+    raw = torch.rand(3, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    expected = (stamp(raw, torch.ones(3, 1, 1), 5) - m) / s  # 255 at raw geometry, then the scenario's normalisation
+    assert torch.allclose(triggered(ctx, (raw - m) / s, "original", {"trigger_value": 1.0, "trigger_size": 5}),
+                          expected, atol=1e-6)
+    assert torch.allclose(ctx.pixel(1.0, "original").flatten(), torch.tensor([8 / 3, 2.0, 1.2]))
+    assert torch.equal(ctx.pixel(1.0, "restricted").flatten(), torch.tensor([1.0]))  # no normalisation recorded
+
+
+def test_poisoning_stamps_and_relabels_a_fixed_share():
+    ctx = tiny_context({})
+    split = ctx.original_train
+    data = poisoned(ctx, split, "original", TRIGGER, "poison")
+    changed = (data.x != split.x).flatten(1).any(dim=1)
+    assert changed.sum().item() == round(0.25 * len(split))
+    assert torch.all(data.y[changed] == 0) and torch.equal(data.y[~changed], split.y[~changed])
+    assert torch.equal(poisoned(ctx, split, "original", TRIGGER, "poison").x, data.x)  # chosen once, by seed
+
+
+class FirstPixelClassifier(torch.nn.Module):
+    """Class 0 when the top-left pixel is positive, else class 1: the bottom-right trigger never changes it."""
+
+    def forward(self, x):
+        first = (x[:, 0, 0, 0] > 0).float()
+        return torch.stack([first, 1 - first], dim=1)
+
+
+def test_attack_success_rates_by_hand():
+    x = torch.zeros(4, 1, 4, 4)
+    x[:, 0, 0, 0] = torch.tensor([1.0, 1.0, 1.0, -1.0])  # predictions 0, 0, 0, 1
+    split = Split(x, torch.tensor([0, 0, 1, 1]))
+    values = attack_success(tiny_context({}), FirstPixelClassifier(), split, "restricted", params=TRIGGER)
+    assert values == {"asr": 0.75, "asr_nontarget": 0.5}  # hits 1,1,1,0; without class 0: 1,0
+
+
+@pytest.mark.parametrize("params", [{"implant_epochs": 1}, RESISTANT])
+def test_backdoor_passes_the_plugin_check(params):
+    assert check_plugin("defense", "backdoor", params) == []
+
+
+def test_the_backdoor_release_records_asr_through_its_evaluator():
+    spec, params = backdoor_params(implant_epochs=1, trigger_size=4)
+    ctx = tiny_context(params, plugin=spec)
+    ctx.evaluators = start_evaluators(spec, params)
+    model = implant_backdoor(ctx, seeded_model(ctx))
+    recorded = {(metric, unit): value for _, unit, metric, value in ctx.recorder.points}
+    for on, split in (("original", ctx.original_test), ("restricted", ctx.restricted_test)):
+        expected = attack_success(ctx, model, split, on, params=params)
+        assert recorded[(f"{on}/asr", "epoch")] == pytest.approx(expected["asr"])
+        assert recorded[(f"{on}/asr_nontarget", "epoch")] == pytest.approx(expected["asr_nontarget"])
+
+
+def test_the_kept_loop_simulates_clean_support_and_queries_triggered_target_batches():
+    spec, params = backdoor_params(**{**RESISTANT, "trigger_size": 3})
+    ctx = tiny_context(params, plugin=spec)
+    model = seeded_model(ctx)
+    loop = KeptBackdoor(ctx, model, poisoned(ctx, ctx.original_train, "original", params, "poison"))
+    batches = list(loop.simulated_batches())
+    assert len(batches) == 3
+    clean_images = {tuple(row.flatten().tolist()) for row in ctx.restricted_train.x}
+    corner = ctx.pixel(1.0, "restricted").item()
+    for support_x, support_y, query_x, query_y in batches:
+        assert len(support_x) == 10 and len(query_x) == 10  # ⌊0.9·20/10⌋·10 support, the rest query
+        assert all(tuple(row.flatten().tolist()) in clean_images for row in support_x)
+        assert torch.all(query_x[..., -3:, -3:] == corner) and torch.all(query_y == 0)
+
+
+def test_start_evaluators_bind_the_defense_parameters_and_only_for_defenses_that_register_one():
+    spec, params = backdoor_params()
+    assert start_evaluators(None, None) == [] and start_evaluators(registry().get("defense", "none"), {}) == []
+    (evaluator,) = start_evaluators(spec, params)
+    assert evaluator.keywords == {"params": params}
+
+
+def test_asr_is_recorded_along_the_clean_fine_tuning_of_the_backdoored_start_only(write_experiment, tmp_path):
+    results = run_tiny(write_experiment, tmp_path,
+                       ("  - {plugin: none}\n", "  - {plugin: backdoor, params: {implant_epochs: 1, trigger_size: 2}}\n"),
+                       ("params: {epochs: 1,", "params: {epochs: 2,"))
+    recorded = rows(results, "SELECT c.kind, c.start, p.metric, p.x FROM points p JOIN cells c ON c.key = p.key "
+                             "WHERE p.metric LIKE '%asr%' AND p.x_unit = 'epoch'")
+    attack_epochs = sorted(x for kind, _, metric, x in recorded if kind == "attack" and metric == "restricted/asr")
+    assert attack_epochs == [0.0, 1.0, 2.0]
+    assert {start for _, start, *_ in recorded} == {"defense:backdoor"}
+    assert ("attack", "defense:backdoor", "original/asr_nontarget", 0.0) in recorded  # the runner's start record
+
+
+def test_domains_keep_their_normalisation_through_the_cache(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from harness.engine.data import materialise
+
+    spec = registry().get("dataset", "digits")
+    settings = dict(image_size=8, channels=1, normalisation="per_domain", data_root=None, cache_dir=tmp_path)
+    fresh = materialise(spec, spec.resolve({}, "digits"), **settings)
+    cached = materialise(spec, spec.resolve({}, "digits"), **settings)
+    assert len(fresh.mean) == len(fresh.std) == 1 and (cached.mean, cached.std) == (fresh.mean, fresh.std)
+    raw_white = (1.0 - fresh.mean[0]) / fresh.std[0]
+    assert fresh.train.x.max().item() <= raw_white + 1e-5  # no pixel is whiter than white
+
+    (cache_file,) = (tmp_path / "data").iterdir()  # a cache written before the normalisation was kept
+    tensors = load_file(cache_file)
+    meta = json.loads(tensors["__meta__"].numpy().tobytes().decode())
+    old = json.dumps({k: meta[k] for k in ("num_classes", "fingerprint")}).encode()
+    save_file({**tensors, "__meta__": torch.frombuffer(bytearray(old), dtype=torch.uint8)}, str(cache_file))
+    assert materialise(spec, spec.resolve({}, "digits"), **settings).mean == fresh.mean  # rebuilt, not ()
