@@ -284,3 +284,23 @@ def test_image_folder_errors(tmp_path):
     write_png(tmp_path / "flat" / "0.png", np.zeros((4, 4), np.uint8))
     with pytest.raises(DatasetError, match="no class sub-folders .* labels: none"):
         datasets.load_image_folder(params("image-folder", path="flat"), data_root=tmp_path, image_size=8)
+
+
+def test_materialised_data_does_not_depend_on_the_thread_count():
+    """Resizing and per-domain statistics round differently per thread count; the runner and a worker must see
+    the same data whatever threads they have."""
+    import torch
+
+    from harness.engine.data import materialise
+
+    spec = REGISTRY.get("dataset", "digits")
+    threads = torch.get_num_threads()
+    fingerprints = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            fingerprints.append(materialise(spec, spec.resolve({}, "digits"), image_size=28, channels=1,
+                                            normalisation="per_domain", data_root=None, cache_dir=None).fingerprint)
+    finally:
+        torch.set_num_threads(threads)
+    assert fingerprints[0] == fingerprints[1] and torch.get_num_threads() == threads

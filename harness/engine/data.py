@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,19 @@ def _convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise ValueError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
 
 
+@contextmanager
+def one_thread():
+    """Preprocessing at one torch thread: resizing and the per-domain statistics round differently per thread
+    count, and the data (so every curve trained on it) must not depend on the threads of the process that
+    materialised it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _resize(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
@@ -127,9 +141,10 @@ def materialise(spec, params: dict, *, image_size: int, channels: int, normalisa
             return cached
 
     raw = spec.load()(params, data_root=data_root, image_size=image_size)
-    train = _resize(_convert_channels(_to_float_nchw(raw.train_x), channels), image_size)
-    test = _resize(_convert_channels(_to_float_nchw(raw.test_x), channels), image_size)
-    mean, std = _stats(raw, train, normalisation, channels)
+    with one_thread():
+        train = _resize(_convert_channels(_to_float_nchw(raw.train_x), channels), image_size)
+        test = _resize(_convert_channels(_to_float_nchw(raw.test_x), channels), image_size)
+        mean, std = _stats(raw, train, normalisation, channels)
     mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
     train, test = (train - mean_t) / std_t, (test - mean_t) / std_t
     labels = {"train_y": torch.from_numpy(raw.train_y), "test_y": torch.from_numpy(raw.test_y)} if raw.labelled else {}
