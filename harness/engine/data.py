@@ -80,7 +80,7 @@ def _convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 @contextmanager
-def one_thread():
+def _one_thread():
     """Preprocessing at one torch thread: resizing and the per-domain statistics round differently per thread
     count, and the data (so every curve trained on it) must not depend on the threads of the process that
     materialised it."""
@@ -141,7 +141,7 @@ def materialise(spec, params: dict, *, image_size: int, channels: int, normalisa
             return cached
 
     raw = spec.load()(params, data_root=data_root, image_size=image_size)
-    with one_thread():
+    with _one_thread():
         train = _resize(_convert_channels(_to_float_nchw(raw.train_x), channels), image_size)
         test = _resize(_convert_channels(_to_float_nchw(raw.test_x), channels), image_size)
         mean, std = _stats(raw, train, normalisation, channels)
