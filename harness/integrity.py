@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import contextlib
 import sqlite3
 import time
 from contextlib import closing
@@ -176,10 +177,8 @@ def salvage(root: Path) -> set[str]:
 
 def _readable_rows(db: sqlite3.Connection, table: str) -> tuple[list[tuple], list[int]]:
     """(rowid, *columns) of every readable row, and the rowids SQLite could not read."""
-    try:
+    with contextlib.suppress(sqlite3.DatabaseError):  # a damaged page: fall through to salvage row by row
         return db.execute(f"SELECT rowid, * FROM {table} ORDER BY rowid").fetchall(), []
-    except sqlite3.DatabaseError:
-        pass
     try:
         top = db.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
     except sqlite3.DatabaseError:
