@@ -11,10 +11,9 @@ from __future__ import annotations
 import bisect
 import json
 import os
-import contextlib
 import sqlite3
 import time
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 from typing import Callable
 
@@ -177,7 +176,7 @@ def salvage(root: Path) -> set[str]:
 
 def _readable_rows(db: sqlite3.Connection, table: str) -> tuple[list[tuple], list[int]]:
     """(rowid, *columns) of every readable row, and the rowids SQLite could not read."""
-    with contextlib.suppress(sqlite3.DatabaseError):  # a damaged page: fall through to salvage row by row
+    with suppress(sqlite3.DatabaseError):  # a damaged page: fall through to salvage row by row
         return db.execute(f"SELECT rowid, * FROM {table} ORDER BY rowid").fetchall(), []
     try:
         top = db.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
