@@ -26,7 +26,7 @@ from harness.registry import ConfigError, PluginSpec
 
 INNER_OPTIMIZERS = ("sgd", "momentum", "adam")
 HEAD_MODES = ("initFC", "direct")
-VAL_FRACTION = 0.1  # O_val = 10% of O_train when guard_split is original_val (algorithms.md §1.2)
+VAL_FRACTION = 0.1  # the probe's held-out share of R_def (algorithms.md §1.2)
 PROBE_WEIGHT_DECAY = 1e-4
 
 
@@ -338,17 +338,13 @@ class Sophon(SophonLoop):
     """Classification SOPHON for one defense cell: environments, head re-init, BN snapshots, guard and probes."""
 
     def __init__(self, ctx, model, query_loss):
-        from harness.engine.data import stratified_split
         from harness.engine.models import head_parameter_names
 
         p, self.query_loss = ctx.params, query_loss
         self.environments = parse_environments(p)
         self.weights = {env: step_weights(env.steps, p["meta_grad_reduce"], p["step_weights"])
                         for env in self.environments}
-        original, self.guard_split = ctx.original_train, ctx.original_test
-        if p["guard_split"] == "original_val":
-            val, rest = stratified_split(ctx.original_train.y, VAL_FRACTION, seed=0)
-            original, self.guard_split = ctx.original_train.subset(rest), ctx.original_train.subset(val)
+        original, self.guard_split = ctx.original_train, ctx.original_val  # the guard never reads a test set
         super().__init__(ctx, model, original)
         self.optimizers = list({id(o): o for o in (self.fts_optimizer, self.ntr_optimizer)}.values())
         self.split_generator = ctx.generator("fts/support-query")
@@ -442,9 +438,8 @@ class Sophon(SophonLoop):
         return self.restricted.subset(rest), self.restricted.subset(held_out)
 
     def record_guard(self, x: float, accuracy: float) -> None:
-        """The guard value is the original-domain curve when the guard reads O_test (it costs nothing extra)."""
-        if self.params["guard_split"] == "original_test":
-            self.ctx.recorder.point(x, "step", "original/accuracy", accuracy)
+        """The guard's curve: accuracy on the held-out slice of O_train (the runner's `original_val`)."""
+        self.ctx.recorder.point(x, "step", "original_val/accuracy", accuracy)
 
     def after_reinforcement(self, i: int, k: int) -> None:
         """With `ntr_eval_every_step`, evaluate the guard split after every NTR step but the last (as the reference)."""
@@ -545,8 +540,6 @@ def sophon_params(*, alpha: float, beta: float, nl_loop: int, head_reinit: bool)
               help="check the guard every this many iterations, rolling back to the window's start [ref 1]"),
         Param("guard_action", "str", "stop", choices=("stop", "skip"),
               help="stop [ref]: restore and end; skip: restore model and optimizer states, continue"),
-        Param("guard_split", "str", "original_test", choices=("original_test", "original_val"),
-              help="original_test [ref] or a 10% slice held out of O_train"),
         Param("ntr_eval_every_step", "bool", False,
               help="also evaluate (and record) the guard split after every NTR step, as the reference logs"),
         Param("final_bn_restore", "bool", True,
