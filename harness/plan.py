@@ -225,6 +225,10 @@ def _resolve(experiment: Experiment, registry) -> Resolved:
             ref = getattr(sc, role)
             spec = registry.get("dataset", ref.dataset, where=f"scenarios[{i}].{role}.dataset")
             datasets[role] = (spec, spec.resolve(ref.params, f"scenarios[{i}].{role}.params"))
+            check = spec.extra.get("check")  # a dataset wrapping another checks it here (no data is read)
+            problem = check(datasets[role][1], registry) if check else None
+            if problem:
+                raise ConfigError(problem, where=f"scenarios[{i}].{role}.params")
         arch = _serving(registry.get("architecture", sc.architecture.name, where=f"scenarios[{i}].architecture.name"),
                         task, f"scenarios[{i}].architecture.name")
         if sc.pretrain.optimizer not in OPTIMIZERS:
