@@ -512,8 +512,13 @@ def loop_params(*, total_loop: int, alpha: float, beta: float, nl_loop: int, ntr
     ]
 
 
-def sophon_params(*, alpha: float, beta: float, nl_loop: int, head_reinit: bool) -> list[Param]:
-    """The classification schema; the four arguments are the README defaults that differ between ICE and KLU (§2.5)."""
+PAPER_ENVIRONMENTS = [{"optimizer": "adam", "head_mode": "initFC"}, {"optimizer": "adam", "head_mode": "direct"}]
+
+
+def sophon_params(*, alpha: float, beta: float, nl_loop: int, head_reinit: bool,
+                  environments: list | None = None) -> list[Param]:
+    """The classification schema; the four arguments are the README defaults that differ between ICE and KLU (§2.5);
+    `environments` is the default simulation (None: the reference code's single plain-SGD attacker)."""
     return [
         *loop_params(total_loop=1000, alpha=alpha, beta=beta, nl_loop=nl_loop, ntr_optimizer="Adam"),
         Param("adaptation_steps", "int", 50, min=1, help="K, inner fine-tuning steps per simulation [ref]"),
@@ -527,7 +532,7 @@ def sophon_params(*, alpha: float, beta: float, nl_loop: int, head_reinit: bool)
         Param("fts_head_reinit", "bool", head_reinit, help="re-initialise the head in each simulation (initFC)"),
         Param("fts_head_grad", "str", "passthrough", choices=("passthrough", "drop"),
               help="passthrough [ref]: the head gradient at the re-initialised head updates the real head"),
-        Param("environments", "list", None, nullable=True,
+        Param("environments", "list", environments, nullable=True,
               help="simulated attackers [{optimizer, lr, batch_size, steps, head_mode, weight}]; null = the "
                    "reference's single one from the scalar parameters"),
         Param("environment_sampling", "str", "one_per_fts", choices=("one_per_fts", "all"),
@@ -567,3 +572,12 @@ def register_defenses(register):
     register("sophon-klu", factory="defenses.sophon:train_klu", version="1", measures=[PROBE_MEASURE],
              description="SOPHON with KL-from-uniform: label-free fine-tuning suppression + normal training",
              params=sophon_params(alpha=1.0, beta=1.0, nl_loop=5, head_reinit=False))
+    # the paper's simulated attacker (§4.1.1): Adam, with the pre-trained head and with a re-initialised one,
+    # one of the two drawn per FTS call (same cost per iteration as the code's single plain-SGD attacker)
+    register("sophon-ice-paper", factory="defenses.sophon:train_ice", version="1", measures=[PROBE_MEASURE],
+             description="SOPHON-ICE simulating the paper's attacker: Adam, both head set-ups",
+             params=[*sophon_params(alpha=3.0, beta=5.0, nl_loop=1, head_reinit=True,
+                                    environments=PAPER_ENVIRONMENTS), ice_variant])
+    register("sophon-klu-paper", factory="defenses.sophon:train_klu", version="1", measures=[PROBE_MEASURE],
+             description="SOPHON-KLU simulating the paper's attacker: Adam, both head set-ups",
+             params=sophon_params(alpha=1.0, beta=1.0, nl_loop=5, head_reinit=False, environments=PAPER_ENVIRONMENTS))
