@@ -70,17 +70,15 @@ def _scenario_data(scenario_json: str, runtime: Runtime) -> ScenarioData:
     scenario = json.loads(scenario_json)
     device = resolve_device(runtime.device)
     seed, fraction = scenario["split_seed"], scenario["validation_fraction"]  # the data split seed, not a training seed
-    original = _materialise(scenario["original"], scenario, runtime)
+    original = _materialise(scenario["original"], scenario, runtime).to(device)
     original_fit, original_val = held_out(original.train, fraction, seed)
-    roles = [None] * 5
-    if "restricted" in scenario:
-        restricted = _materialise(scenario["restricted"], scenario, runtime)
-        defender, adversary, manifest = restricted_roles(restricted.train, scenario["restricted_split"], seed)
-        adversary, adversary_val = held_out(within_budget(adversary, scenario.get("adversary_budget", "all"), seed), fraction, seed)
-        roles = [restricted, defender, adversary, adversary_val, manifest]
-    *splits, manifest = roles
-    return ScenarioData(original.to(device), original_fit.to(device), original_val.to(device),
-                        *(None if s is None else s.to(device) for s in splits), manifest or "")
+    if "restricted" not in scenario:  # a pretrain cell's scenario: the original domain only
+        return ScenarioData(original, original_fit, original_val, None, None, None, None, "")
+    restricted = _materialise(scenario["restricted"], scenario, runtime).to(device)
+    defender, adversary, manifest = restricted_roles(restricted.train, scenario["restricted_split"], seed)
+    budget = within_budget(adversary, scenario.get("adversary_budget", "all"), seed)
+    return ScenarioData(original, original_fit, original_val, restricted, defender, *held_out(budget, fraction, seed),
+                        manifest)
 
 
 def scenario_data(scenario: dict, runtime: Runtime) -> ScenarioData:
