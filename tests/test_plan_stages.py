@@ -92,3 +92,12 @@ def test_the_data_split_seed_moves_the_split_not_the_training_seeds(tmp_path):
 def test_bad_stage_and_budget_settings_are_config_errors(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):
         plan(tmp_path, **changes)
+
+
+def test_validate_states_what_replication_costs(write_experiment, capsys):
+    from harness.cli import main
+
+    path = write_experiment(TINY_EXPERIMENT.replace("seeds: [0]", "seeds: [0, 1, 2]\nreplicate: [defense, attack]"))
+    assert main(["validate", str(path)]) == 0
+    assert "replicated over the seeds: defense, attack — at most 1 pretraining and 3 defense cell(s)" in \
+        capsys.readouterr().out
