@@ -101,3 +101,40 @@ def test_validate_states_what_replication_costs(write_experiment, capsys):
     assert main(["validate", str(path)]) == 0
     assert "replicated over the seeds: defense, attack — at most 1 pretraining and 3 defense cell(s)" in \
         capsys.readouterr().out
+
+
+def test_a_budget_grid_runs_with_shared_cells_and_validation_curves(write_experiment, tmp_path):
+    from harness.config import load_experiment
+    from harness.runner import run
+    from harness.store import Store
+
+    path = write_experiment(TINY_EXPERIMENT.replace("    pretrain:", "    adversary_budgets: [per_class:5, all]\n"
+                                                                     "    pretrain:"))
+    runtime = Runtime(root=str(tmp_path / "r"), device="cpu", cache_dir=str(tmp_path / "cache"))
+    summary = run(load_experiment(path), runtime, registry())
+    assert not summary.failed and summary.total == 1 + 1 + 2 * 3  # one pretraining, one defense, 3 starts x 2 budgets
+    store = Store(tmp_path / "r")
+    try:
+        points = store.db.execute("SELECT c.scenario, p.metric FROM points p JOIN cells c ON c.key = p.key "
+                                  "WHERE c.kind = 'attack'").fetchall()
+    finally:
+        store.close()
+    assert {s for s, _ in points} == {"digits-to-digits@per_class:5", "digits-to-digits@all"}
+    assert {m for _, m in points} >= {"restricted/accuracy", "restricted_val/accuracy", "original/accuracy"}
+
+
+def test_replicated_pretraining_gives_intactness_a_spread(write_experiment, tmp_path):
+    """With the original retrained per seed, the released model's original-domain accuracy varies by seed."""
+    import sqlite3
+
+    from harness.config import load_experiment
+    from harness.runner import run
+
+    path = write_experiment(TINY_EXPERIMENT.replace("seeds: [0]", "seeds: [0, 1]\nreplicate: [pretrain, attack]"))
+    runtime = Runtime(root=str(tmp_path / "r"), device="cpu", cache_dir=str(tmp_path / "cache"))
+    assert not run(load_experiment(path), runtime, registry()).failed
+    with sqlite3.connect(tmp_path / "r" / "results.sqlite") as db:
+        intactness = dict(db.execute(
+            "SELECT c.seed, p.value FROM points p JOIN cells c ON c.key = p.key WHERE c.kind = 'attack' AND "
+            "c.start = 'original' AND p.metric = 'original/accuracy' AND p.x_unit = 'epoch' AND p.x = 0").fetchall())
+    assert set(intactness) == {0, 1} and intactness[0] != intactness[1]
