@@ -84,6 +84,23 @@ def test_auc_by_hand(board):
         {0: (2.48 - 0.68) / (2.48 - 1.38), 1: (2.56 - 0.48) / (2.56 - 1.16)})
 
 
+def test_scratch_best_is_chosen_on_the_validation_slice_not_the_test_set(tmp_path):
+    """With the validation curves favouring sgd, scratch@best is sgd and reports sgd's *test* scores, although
+    adam's test scores are higher; without validation curves no config is chosen at all."""
+    import sqlite3
+
+    root = build_store(tmp_path / "r")
+    with sqlite3.connect(root / "results.sqlite") as db:
+        db.execute("UPDATE points SET value = 0.99 WHERE metric = 'restricted_val/accuracy' AND x_unit = 'epoch' "
+                   "AND x = 3 AND key LIKE 'ft-sgd-scratch-%'")
+    best = row(build_leaderboard(root, registry=built_in_registry()), "scratch@best", "scratch")
+    assert best["note"] == "config sgd" and best["per_seed"] == {0: 0.58, 1: 0.56}
+    with sqlite3.connect(root / "results.sqlite") as db:
+        db.execute("DELETE FROM points WHERE metric LIKE 'restricted_val/%'")
+    table = build_leaderboard(root, registry=built_in_registry()).table
+    assert table[(table.metric == "scratch@best")].empty
+
+
 def test_steps_to_scratch_by_hand(board):
     # target = scratch@best's final score per seed (0.89, 0.91); 10 steps per epoch, budget 30 steps
     original = row(board, "steps_to_scratch", "original", "sgd")

@@ -54,7 +54,7 @@ def resistance_tuned(curves: Curves, min_gap: float = 0.02) -> pd.DataFrame:
     """R_tuned: as R with scratch@best (scratch's best config in the suite) in the denominator; also reports
     scratch@best's final score and which config it is."""
     final = curves.final()
-    best = scratch_best(final)
+    best = scratch_best(final, curves)
     scratch = final[PAIR].drop_duplicates().merge(best.drop(columns=["attack", "sign"]),
                                                   on=["scenario", "suite", "seed"])
     chosen = best.assign(start="scratch", note="config " + best.attack)
@@ -75,7 +75,7 @@ def steps_to_scratch(curves: Curves) -> pd.DataFrame:
     """The first optimizer step at which the score reaches scratch@best's final score (same seed); censored at
     the attack's step budget (the most steps any start of that attack config recorded) when never reached."""
     final, steps = curves.final(), curves.by_step()
-    target = scratch_best(final)[["scenario", "suite", "seed", "value"]].rename(columns={"value": "target"})
+    target = scratch_best(final, curves)[["scenario", "suite", "seed", "value"]].rename(columns={"value": "target"})
     budget = steps.groupby(["scenario", "attack_id"], as_index=False).step.max().rename(columns={"step": "budget"})
     steps = steps.merge(target, on=["scenario", "suite", "seed"])
     reached = steps[steps.sign * (steps.value - steps.target) >= -1e-12].groupby(CELL, as_index=False).step.min()
