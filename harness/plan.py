@@ -339,7 +339,7 @@ def build_cells(resolved: Resolved, data_facts: dict[str, dict], precision: str 
                     config = {**common, "start": start.name, "source": start.source, "defense": start.defense,
                               "inputs": inputs,
                               "attack": {"plugin": attack.plugin, "params": attack.params, "label": attack.label},
-                              "scale": _scale(sc, facts, attack),
+                              "scale": _scale(sc, facts, attack, exp.replicate),
                               "threat": THREAT_MODELS[spec.access].format(api=sc.api)}
                     identity = {k: v for k, v in config.items() if k not in ("scale", "threat")}
                     # the label is presentation: the same config under two labels is one cell
@@ -371,10 +371,11 @@ def memberships(cells: list[Cell], resolved: Resolved):
                 yield cell.key, suite, label
 
 
-def _scale(sc: Scenario, facts: dict, attack: AttackConfig) -> dict:
-    """The CPU scale a leaderboard states above its tables."""
+def _scale(sc: Scenario, facts: dict, attack: AttackConfig, replicate: list[str]) -> dict:
+    """The CPU scale a leaderboard states above its tables, with the stages its seeds replicate."""
     return {"architecture": sc.architecture.name, "image_size": sc.image_size,
             "original_train": facts["original_train"], "adversary_train": facts["adversary_train"],
             "adversary_val": facts["adversary_val"], "original_val": facts["original_val"],
             "restricted_test": facts["restricted_test"], "attack_epochs": attack.params.get("epochs"),
-            "pretrain_epochs": sc.pretrain.epochs, "restricted_split": sc.restricted_split}
+            "pretrain_epochs": sc.pretrain.epochs, "restricted_split": sc.restricted_split,
+            "replicated_stages": "+".join(replicate)}

@@ -138,3 +138,11 @@ def test_replicated_pretraining_gives_intactness_a_spread(write_experiment, tmp_
             "SELECT c.seed, p.value FROM points p JOIN cells c ON c.key = p.key WHERE c.kind = 'attack' AND "
             "c.start = 'original' AND p.metric = 'original/accuracy' AND p.x_unit = 'epoch' AND p.x = 0").fetchall())
     assert set(intactness) == {0, 1} and intactness[0] != intactness[1]
+
+
+def test_the_leaderboard_scale_says_which_stages_were_replicated(tmp_path):
+    once = plan(tmp_path)
+    every = plan(tmp_path, seeds=[0, 1], replicate=["pretrain", "defense", "attack"])
+    assert {c.config["scale"]["replicated_stages"] for c in of(once, "attack")} == {"attack"}
+    assert {c.config["scale"]["replicated_stages"] for c in of(every, "attack")} == {"pretrain+defense+attack"}
+    assert {c.key for c in of(once, "attack")} <= {c.key for c in of(every, "attack")}  # scale is not in the key
