@@ -49,6 +49,8 @@ def tiny_context(params: dict, *, seed: int = 0, task: str = "classification", t
 
     original_fit, original_val = held_out(data.original_train, TINY_VALIDATION, seed=0)
     restricted_fit, restricted_val = held_out(data.restricted_train, TINY_VALIDATION, seed=0)
+    if plugin is not None and plugin.kind == "defense":  # as in a run: the defender's share whole, no R_val
+        restricted_fit, restricted_val = data.restricted_train, None
     return CellContext(
         params=params, seed=seed, device=torch.device("cpu"), precision="fp32", num_classes=data.num_classes,
         original_train=original_fit if with_original_train else None, original_test=data.original_test,
