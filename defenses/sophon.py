@@ -26,7 +26,7 @@ from harness.registry import ConfigError, PluginSpec
 
 INNER_OPTIMIZERS = ("sgd", "momentum", "adam")
 HEAD_MODES = ("initFC", "direct")
-VAL_FRACTION = 0.1  # O_val = 10% of O_train when guard_split is original_val (docs/algorithms.md §1.2)
+VAL_FRACTION = 0.1  # the probe's held-out share of R_def (docs/algorithms.md §1.2)
 PROBE_WEIGHT_DECAY = 1e-4
 
 
@@ -340,17 +340,13 @@ class Sophon(SophonLoop):
     """Classification SOPHON for one defense cell: environments, head re-init, BN snapshots, guard and probes."""
 
     def __init__(self, ctx, model, query_loss):
-        from harness.engine.data import stratified_split
         from harness.engine.models import head_parameter_names
 
         p, self.query_loss = ctx.params, query_loss
         self.environments = parse_environments(p)
         self.weights = {env: step_weights(env.steps, p["meta_grad_reduce"], p["step_weights"])
                         for env in self.environments}
-        original, self.guard_split = ctx.original_train, ctx.original_test
-        if p["guard_split"] == "original_val":
-            val, rest = stratified_split(ctx.original_train.y, VAL_FRACTION, seed=0)
-            original, self.guard_split = ctx.original_train.subset(rest), ctx.original_train.subset(val)
+        original, self.guard_split = ctx.original_train, ctx.original_val  # the guard never reads a test set
         super().__init__(ctx, model, original)
         self.optimizers = list({id(o): o for o in (self.fts_optimizer, self.ntr_optimizer)}.values())
         self.split_generator = ctx.generator("fts/support-query")
@@ -444,9 +440,8 @@ class Sophon(SophonLoop):
         return self.restricted.subset(rest), self.restricted.subset(held_out)
 
     def record_guard(self, x: float, accuracy: float) -> None:
-        """The guard value is the original-domain curve when the guard reads O_test (it costs nothing extra)."""
-        if self.params["guard_split"] == "original_test":
-            self.ctx.recorder.point(x, "step", "original/accuracy", accuracy)
+        """The guard's curve: accuracy on the held-out slice of O_train (the runner's `original_val`)."""
+        self.ctx.recorder.point(x, "step", "original_val/accuracy", accuracy)
 
     def after_reinforcement(self, i: int, k: int) -> None:
         """With `ntr_eval_every_step`, evaluate the guard split after every NTR step but the last (as the reference)."""
@@ -524,8 +519,13 @@ def loop_params(*, total_loop: int, alpha: float, beta: float, nl_loop: int, ntr
     ]
 
 
-def sophon_params(*, alpha: float, beta: float, nl_loop: int, head_reinit: bool) -> list[Param]:
-    """The classification schema; the four arguments are the README defaults that differ between ICE and KLU (§2.5)."""
+PAPER_ENVIRONMENTS = [{"optimizer": "adam", "head_mode": "initFC"}, {"optimizer": "adam", "head_mode": "direct"}]
+
+
+def sophon_params(*, alpha: float, beta: float, nl_loop: int, head_reinit: bool,
+                  environments: list | None = None) -> list[Param]:
+    """The classification schema; the four arguments are the README defaults that differ between ICE and KLU (§2.5);
+    `environments` is the default simulation (None: the reference code's single plain-SGD attacker)."""
     return [
         *loop_params(total_loop=1000, alpha=alpha, beta=beta, nl_loop=nl_loop, ntr_optimizer="Adam"),
         Param("adaptation_steps", "int", 50, min=1, max=100_000, help="K, inner fine-tuning steps per simulation [ref]"),
@@ -539,7 +539,7 @@ def sophon_params(*, alpha: float, beta: float, nl_loop: int, head_reinit: bool)
         Param("fts_head_reinit", "bool", head_reinit, help="re-initialise the head in each simulation (initFC)"),
         Param("fts_head_grad", "str", "passthrough", choices=("passthrough", "drop"),
               help="passthrough [ref]: the head gradient at the re-initialised head updates the real head"),
-        Param("environments", "list", None, nullable=True,
+        Param("environments", "list", environments, nullable=True,
               item=Param("environment", "dict", None, keys=ENVIRONMENT_FIELDS),
               help="simulated attackers [{optimizer, lr, batch_size, steps, head_mode, weight}]; null = the "
                    "reference's single one from the scalar parameters"),
@@ -553,8 +553,6 @@ def sophon_params(*, alpha: float, beta: float, nl_loop: int, head_reinit: bool)
               help="check the guard every this many iterations, rolling back to the window's start [ref 1]"),
         Param("guard_action", "str", "stop", choices=("stop", "skip"),
               help="stop [ref]: restore and end; skip: restore model and optimizer states, continue"),
-        Param("guard_split", "str", "original_test", choices=("original_test", "original_val"),
-              help="original_test [ref] or a 10% slice held out of O_train"),
         Param("ntr_eval_every_step", "bool", False,
               help="also evaluate (and record) the guard split after every NTR step, as the reference logs"),
         Param("final_bn_restore", "bool", True,
@@ -583,3 +581,14 @@ def register_defenses(register):
     register("sophon-klu", factory="defenses.sophon:train_klu", version="1", measures=[PROBE_MEASURE],
              description="SOPHON with KL-from-uniform: label-free fine-tuning suppression + normal training",
              params=sophon_params(alpha=1.0, beta=1.0, nl_loop=5, head_reinit=False), tiny_params=TINY_PARAMS)
+    # the paper's simulated attacker (§4.1.1): Adam, with the pre-trained head and with a re-initialised one,
+    # one of the two drawn per FTS call (same cost per iteration as the code's single plain-SGD attacker)
+    register("sophon-ice-paper", factory="defenses.sophon:train_ice", version="1", measures=[PROBE_MEASURE],
+             description="SOPHON-ICE simulating the paper's attacker: Adam, both head set-ups",
+             params=[*sophon_params(alpha=3.0, beta=5.0, nl_loop=1, head_reinit=True,
+                                    environments=PAPER_ENVIRONMENTS), ice_variant],
+             tiny_params=TINY_PARAMS)
+    register("sophon-klu-paper", factory="defenses.sophon:train_klu", version="1", measures=[PROBE_MEASURE],
+             description="SOPHON-KLU simulating the paper's attacker: Adam, both head set-ups",
+             params=sophon_params(alpha=1.0, beta=1.0, nl_loop=5, head_reinit=False, environments=PAPER_ENVIRONMENTS),
+             tiny_params=TINY_PARAMS)

@@ -31,10 +31,19 @@ class Runtime:
 
 @dataclass
 class ScenarioData:
-    original: object
+    """A scenario's data in its roles. Test splits are for recording; choices read the validation slices.
+
+    Pretrain cells see a scenario config without a restricted domain (`restricted` and the roles cut from it
+    are then None): pretraining reads only the original domain.
+    """
+
+    original: object        # Domain: its test split is recorded
+    original_fit: object    # what pretraining and defenses train on
+    original_val: object    # held out of the original training set for defense-side choices (SOPHON's guard)
     restricted: object
     defender: object
-    adversary: object
+    adversary: object       # the adversary's training data under its budget, less its validation slice
+    adversary_val: object   # attacker-side choices (scratch@best, R_tuned, searched attacks)
     manifest: str
 
 
@@ -53,17 +62,23 @@ def _materialise(role_config: dict, scenario: dict, runtime: Runtime):
                        cache_dir=Path(runtime.cache_dir) if runtime.cache_dir else None)
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)
 def _scenario_data(scenario_json: str, runtime: Runtime) -> ScenarioData:
-    from harness.engine.data import restricted_roles
+    from harness.engine.data import held_out, restricted_roles, within_budget
     from harness.engine.device import resolve_device
 
     scenario = json.loads(scenario_json)
     device = resolve_device(runtime.device)
-    original = _materialise(scenario["original"], scenario, runtime)
-    restricted = _materialise(scenario["restricted"], scenario, runtime)
-    defender, adversary, manifest = restricted_roles(restricted.train, scenario["restricted_split"])
-    return ScenarioData(original.to(device), restricted.to(device), defender.to(device), adversary.to(device), manifest)
+    seed, fraction = scenario["split_seed"], scenario["validation_fraction"]  # the data split seed, not a training seed
+    original = _materialise(scenario["original"], scenario, runtime).to(device)
+    original_fit, original_val = held_out(original.train, fraction, seed)
+    if "restricted" not in scenario:  # a pretrain cell's scenario: the original domain only
+        return ScenarioData(original, original_fit, original_val, None, None, None, None, "")
+    restricted = _materialise(scenario["restricted"], scenario, runtime).to(device)
+    defender, adversary, manifest = restricted_roles(restricted.train, scenario["restricted_split"], seed)
+    budget = within_budget(adversary, scenario.get("adversary_budget", "all"), seed)
+    return ScenarioData(original, original_fit, original_val, restricted, defender, *held_out(budget, fraction, seed),
+                        manifest)
 
 
 def scenario_data(scenario: dict, runtime: Runtime) -> ScenarioData:
@@ -74,8 +89,9 @@ def data_facts(scenario: dict, runtime: Runtime) -> dict:
     """Fingerprints and sizes that enter cell keys and the leaderboard's statement of scale."""
     data = scenario_data(scenario, runtime)
     return {"original_fingerprint": data.original.fingerprint, "restricted_fingerprint": data.restricted.fingerprint,
-            "split_manifest": data.manifest, "original_train": len(data.original.train),
-            "defender_train": len(data.defender), "adversary_train": len(data.adversary),
+            "split_manifest": data.manifest, "original_train": len(data.original_fit),
+            "original_val": len(data.original_val), "defender_train": len(data.defender),
+            "adversary_train": len(data.adversary), "adversary_val": len(data.adversary_val),
             "restricted_test": len(data.restricted.test), "num_classes": data.restricted.num_classes}
 
 
@@ -105,23 +121,27 @@ def _context(cell: Cell, runtime: Runtime, data: ScenarioData, recorder, *, seed
 
     device = resolve_device(runtime.device)
     task = scenario_task(cell.config["scenario"])
-    if task.labelled and not (data.original.train.y is not None and data.restricted.train.y is not None):
+    restricted = data.restricted
+    unlabelled = data.original.train.y is None or (restricted is not None and restricted.train.y is None)
+    if task.labelled and unlabelled:
         raise ValueError(f"task {task.name!r} needs labelled data, but a dataset of this scenario has no labels")
-    if task.head and data.original.num_classes != data.restricted.num_classes:
+    if task.head and restricted is not None and data.original.num_classes != restricted.num_classes:
         raise ValueError("original and restricted domains must have the same number of classes (head reuse)")
     defense = cell.config.get("defense") if role in ("defend", "attack") else None
     start = _registry().get("defense", defense["plugin"]) if defense else None
     recorder.allowed = metric_names(task, plugin, start)
     return CellContext(
         params=params, seed=seed, device=device, precision=runtime.precision,
-        num_classes=data.restricted.num_classes, original_test=data.original.test,
-        restricted_train=data.defender if role == "defend" else data.adversary,
-        restricted_test=data.restricted.test,
-        original_train=data.original.train if role in ("defend", "pretrain") else None,
-        build_model=_build_model_fn(cell.config["scenario"], task, data.restricted.num_classes, device),
+        num_classes=data.original.num_classes, original_test=data.original.test,
+        restricted_train={"defend": data.defender, "attack": data.adversary}.get(role),
+        restricted_test=None if restricted is None else restricted.test,
+        original_train=data.original_fit if role in ("defend", "pretrain") else None,
+        original_val=data.original_val if role in ("defend", "pretrain") else None,
+        restricted_val=data.adversary_val if role == "attack" else None,
+        build_model=_build_model_fn(cell.config["scenario"], task, data.original.num_classes, device),
         recorder=recorder, task=task, log=lambda message: None,
         normalisation={"original": (data.original.mean, data.original.std),
-                       "restricted": (data.restricted.mean, data.restricted.std)},
+                       **({} if restricted is None else {"restricted": (restricted.mean, restricted.std)})},
         evaluators=start_evaluators(start, defense["params"] if defense else None),
     )
 
@@ -141,7 +161,6 @@ def _pretrain(ctx, settings: dict):
     train_epochs(model, ctx.original_train, optimizer, objective=ctx.task.pretrain_objective(ctx.generator("pretrain")),
                  epochs=settings["epochs"], batch_size=settings["batch_size"],
                  generator=ctx.generator("pretrain-batches"), precision=ctx.precision, after_epoch=after_epoch)
-    ctx.record(model, on="restricted", epoch=0, step=0)
     return model
 
 

@@ -68,6 +68,10 @@ def cmd_validate(args) -> int:
     print(f"{args.file}: ok — {len(resolved.scenarios)} scenario(s), {len(resolved.defenses)} defense(s), "
           f"{len(resolved.attacks)} attack config(s) x {seeds} seed(s) x up to {starts} start(s) = {attacks} attack "
           f"cells")
+    per_seed = {stage: seeds if stage in experiment.replicate else 1 for stage in ("pretrain", "defense")}
+    print(f"replicated over the seeds: {', '.join(experiment.replicate)} — at most "
+          f"{len(experiment.scenarios) * per_seed['pretrain']} pretraining and "
+          f"{len(experiment.scenarios) * len(resolved.defenses) * per_seed['defense']} defense cell(s)")
     return 0
 
 

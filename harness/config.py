@@ -17,6 +17,8 @@ from harness.registry import ConfigError, did_you_mean
 from harness.safe_yaml import read_yaml
 
 RESTRICTED_SPLITS = "halves | none | fraction:<f>"
+ADVERSARY_BUDGETS = "all | per_class:<n> | fraction:<f>"
+STAGES = ("pretrain", "defense", "attack")
 
 
 def _not_bool(value: Any) -> Any:
@@ -83,6 +85,9 @@ class Scenario(Strict):
     channels: Int = Field(1, ge=1, le=4)
     normalisation: Literal["per_domain", "imagenet", "none"] = "per_domain"
     restricted_split: str = "halves"
+    split_seed: Seed = 0
+    validation_fraction: Float = Field(0.1, gt=0, lt=0.5)
+    adversary_budgets: list[str] = Field(default_factory=lambda: ["all"], min_length=1)
     pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
 
     @field_validator("restricted_split")
@@ -94,6 +99,19 @@ class Scenario(Strict):
         if head == "fraction" and share.replace(".", "", 1).isdigit() and 0 < float(share) < 1:
             return value
         raise ValueError(f"expected {RESTRICTED_SPLITS} with 0 < f < 1, got {value!r}")
+
+    @field_validator("adversary_budgets")
+    @classmethod
+    def _budgets(cls, values: list[str]) -> list[str]:
+        for value in values:
+            head, _, amount = value.partition(":")
+            if value == "all" or (head == "per_class" and amount.isdigit() and int(amount) >= 2) or (
+                    head == "fraction" and amount.replace(".", "", 1).isdigit() and 0 < float(amount) <= 1):
+                continue
+            raise ValueError(f"expected {ADVERSARY_BUDGETS} with n >= 2 and 0 < f <= 1, got {value!r}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"adversary budgets must be distinct, got {values}")
+        return values
 
 
 class DefenseEntry(Strict):
@@ -129,6 +147,7 @@ class Experiment(Strict):
     name: Name
     results: ContainedPath | None = None
     seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    replicate: list[Literal["pretrain", "defense", "attack"]] = Field(default_factory=lambda: ["attack"])
     device: Device = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     workers: Int = Field(2, ge=0, le=rules.MAX_WORKERS)
@@ -140,6 +159,13 @@ class Experiment(Strict):
     attacks: list[AttackEntry] = Field(min_length=1)
 
     source: str = Field("", exclude=True)
+
+    @model_validator(mode="after")
+    def _attacks_replicated(self):
+        if "attack" not in self.replicate:
+            raise ValueError("replicate must include 'attack' (the seeds always reach the attacks); "
+                             f"expected a list of {', '.join(STAGES)}")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self):

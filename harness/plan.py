@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from harness.config import AttackEntry, Experiment, Scenario
 from harness.names import OPTIMIZERS
 from harness.registry import DEFAULT_TASKS, ConfigError, PluginSpec, ReferenceStart, did_you_mean
+from harness.store import KINDS
 
 THREAT_MODELS = {
     "white-box": "white-box attacker with the released weights, who knows the defense and holds labelled "
@@ -39,19 +40,43 @@ class AttackConfig:
 
 @dataclass
 class ResolvedScenario:
+    """One scenario at one adversary budget (a scenario listing several budgets becomes one per budget,
+    named `<name>@<budget>`; they share pretraining and defense cells)."""
+
     scenario: Scenario
     task: tuple[PluginSpec, dict]
     datasets: dict[str, tuple[PluginSpec, dict]]
     architecture: tuple[PluginSpec, dict]
+    budget: str = "all"
+
+    @property
+    def name(self) -> str:
+        sc = self.scenario
+        return sc.name if len(sc.adversary_budgets) == 1 else f"{sc.name}@{self.budget}"
 
     def config(self) -> dict:
-        """The scenario as cells see it, with every plugin parameter resolved."""
+        """The scenario as attack cells see it, with every plugin parameter resolved."""
+        return {**self.defense_config(), "name": self.name, "adversary_budget": self.budget}
+
+    def defense_config(self) -> dict:
+        """What a defense cell depends on: everything but the adversary's budget (the defender's data does not
+        change with it)."""
         sc = self.scenario
-        return {**sc.model_dump(exclude={"pretrain"}),
+        return {**sc.model_dump(exclude={"pretrain", "adversary_budgets"}),
                 "task": {"name": self.task[0].name, "params": self.task[1]},
                 "original": {"dataset": sc.original.dataset, "params": self.datasets["original"][1]},
                 "restricted": {"dataset": sc.restricted.dataset, "params": self.datasets["restricted"][1]},
                 "architecture": {"name": self.architecture[0].name, "params": self.architecture[1]}}
+
+    def pretrain_config(self) -> dict:
+        """What pretraining reads: the original domain, its preprocessing and held-out slice, the task and the
+        architecture. Scenarios that agree on these share one pretrain cell."""
+        return {k: v for k, v in self.defense_config().items() if k in PRETRAIN_READS}
+
+
+PRETRAIN_FACTS = ("original_fingerprint", "original_train", "original_val", "num_classes")
+PRETRAIN_READS = ("task", "original", "architecture", "image_size", "channels", "normalisation", "split_seed",
+                  "validation_fraction")
 
 
 @dataclass
@@ -204,14 +229,18 @@ def _resolve(experiment: Experiment, registry) -> Resolved:
             ref = getattr(sc, role)
             spec = registry.get("dataset", ref.dataset, where=f"scenarios[{i}].{role}.dataset")
             datasets[role] = (spec, spec.resolve(ref.params, f"scenarios[{i}].{role}.params"))
+            check = spec.extra.get("check")  # a dataset wrapping another checks it here (no data is read)
+            problem = check(datasets[role][1], registry) if check else None
+            if problem:
+                raise ConfigError(problem, where=f"scenarios[{i}].{role}.params")
         arch = _serving(registry.get("architecture", sc.architecture.name, where=f"scenarios[{i}].architecture.name"),
                         task, f"scenarios[{i}].architecture.name")
         if sc.pretrain.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {sc.pretrain.optimizer!r}{did_you_mean(sc.pretrain.optimizer, OPTIMIZERS)}",
                               where=f"scenarios[{i}].pretrain.optimizer")
-        scenarios.append(ResolvedScenario(sc, (task, task_params), datasets,
-                                          (arch, arch.resolve(sc.architecture.params,
-                                                              f"scenarios[{i}].architecture.params"))))
+        arch_params = arch.resolve(sc.architecture.params, f"scenarios[{i}].architecture.params")
+        scenarios.extend(ResolvedScenario(sc, (task, task_params), datasets, (arch, arch_params), budget)
+                         for budget in sc.adversary_budgets)
     defenses = []
     for i, entry in enumerate(experiment.defenses):
         spec = registry.get("defense", entry.plugin, where=f"defenses[{i}].plugin")
@@ -256,59 +285,80 @@ def content_key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def build_cells(resolved: Resolved, data_facts: dict[str, dict], precision: str = "fp32") -> list[Cell]:
-    """All cells of the grid in dependency order. `data_facts[scenario]` holds fingerprints and sizes.
+def stage_seed(experiment: Experiment, stage: str, base: int, seed: int) -> int:
+    """The seed of a pretrain or defense cell feeding attacks of run seed `seed`: its own seed, plus the run
+    seed when the experiment replicates that stage (so run seed 0 reuses the unreplicated cell)."""
+    return base + seed if stage in experiment.replicate else base
 
-    The precision is part of every key (bf16 changes results); the device is not (float noise only).
+
+def build_cells(resolved: Resolved, data_facts: dict[str, dict], precision: str = "fp32") -> list[Cell]:
+    """All cells of the grid in dependency order, each once. `data_facts[scenario]` holds fingerprints and sizes
+    (keyed by the resolved scenario's name).
+
+    The precision is part of every key (bf16 changes results); the device is not (float noise only). A pretrain
+    key depends only on what pretraining reads, a defense key on everything but the adversary's budget.
     """
     exp = resolved.experiment
-    cells: list[Cell] = []
+    cells: dict[str, Cell] = {}
     for rs in resolved.scenarios:
         sc = rs.scenario
-        facts = data_facts[sc.name]
+        facts = data_facts[rs.name]
         arch_spec = rs.architecture[0]
-        scenario_config = rs.config()
         base_versions = {f"dataset:{s.name}": s.cache_version for s, _ in rs.datasets.values()}
         base_versions[f"task:{rs.task[0].name}"] = rs.task[0].cache_version
         base_versions[f"architecture:{arch_spec.name}"] = arch_spec.cache_version
-        common = {"scenario": scenario_config, "data": facts, "precision": precision}
+        pretrain_versions = {f"dataset:{rs.datasets['original'][0].name}": rs.datasets["original"][0].cache_version,
+                             **{k: v for k, v in base_versions.items() if not k.startswith("dataset:")}}
+        common = {"scenario": rs.config(), "data": facts, "precision": precision}
+        defense_common = {"scenario": rs.defense_config(), "precision": precision,
+                          "data": {k: v for k, v in facts.items() if not k.startswith("adversary_")}}
 
-        pretrain_config = {**common, "pretrain": sc.pretrain.model_dump()}
-        pretrain = Cell(content_key({"kind": "pretrain", **pretrain_config, "versions": base_versions}), "pretrain",
-                        sc.name, "original", "", sc.pretrain.seed, pretrain_config, base_versions)
-        cells.append(pretrain)
+        for seed in exp.seeds:
+            pretrain_seed = stage_seed(exp, "pretrain", sc.pretrain.seed, seed)
+            pretrain_config = {"scenario": rs.pretrain_config(), "precision": precision,
+                               "data": {k: facts[k] for k in PRETRAIN_FACTS},
+                               "pretrain": {**sc.pretrain.model_dump(), "seed": pretrain_seed}}
+            pretrain = Cell(content_key({"kind": "pretrain", **pretrain_config, "versions": pretrain_versions}),
+                            "pretrain", sc.name, "original", "", pretrain_seed, pretrain_config, pretrain_versions)
+            cells.setdefault(pretrain.key, pretrain)
 
-        starts = [Start(s.name, s.source, pretrain if s.source == "original" else None)
-                  for s in resolved.reference_starts]
-        for label, spec, params, seed in resolved.defenses:
-            versions = {**base_versions, f"defense:{spec.name}": spec.cache_version}
-            defense = {"name": label, "plugin": spec.name, "params": params}
-            config = {**common, "defense": defense, "inputs": [pretrain.key]}
-            cell = Cell(content_key({"kind": "defend", **config, "seed": seed, "versions": versions}), "defend",
-                        sc.name, f"defense:{label}", "", seed, config, versions, [pretrain.key])
-            cells.append(cell)
-            starts.append(Start(f"defense:{label}", "defense", cell, defense))
+            starts = [Start(s.name, s.source, pretrain if s.source == "original" else None)
+                      for s in resolved.reference_starts]
+            for label, spec, params, defense_seed in resolved.defenses:
+                versions = {**base_versions, f"defense:{spec.name}": spec.cache_version}
+                defense = {"name": label, "plugin": spec.name, "params": params}
+                config = {**defense_common, "defense": defense, "inputs": [pretrain.key]}
+                defense_seed = stage_seed(exp, "defense", defense_seed, seed)
+                cell = Cell(content_key({"kind": "defend", **config, "seed": defense_seed, "versions": versions}),
+                            "defend", sc.name, f"defense:{label}", "", defense_seed, config, versions, [pretrain.key])
+                cells.setdefault(cell.key, cell)
+                starts.append(Start(f"defense:{label}", "defense", cell, defense))
 
-        for start in starts:
-            for attack in resolved.attacks:
-                spec = resolved.specs[f"attack:{attack.plugin}"]
-                if not start.applies_to(spec):
-                    continue
-                versions = {**(start.input.versions if start.input else base_versions),
-                            f"attack:{spec.name}": spec.cache_version}
-                for seed in exp.seeds:
+            for start in starts:
+                for attack in resolved.attacks:
+                    spec = resolved.specs[f"attack:{attack.plugin}"]
+                    if not start.applies_to(spec):
+                        continue
+                    versions = {**(start.input.versions if start.input else base_versions),
+                                f"attack:{spec.name}": spec.cache_version}
                     inputs = [start.input.key] if start.input else []
                     config = {**common, "start": start.name, "source": start.source, "defense": start.defense,
                               "inputs": inputs,
                               "attack": {"plugin": attack.plugin, "params": attack.params, "label": attack.label},
-                              "scale": _scale(sc, facts, attack),
+                              "scale": _scale(sc, facts, attack, exp.replicate),
                               "threat": THREAT_MODELS[spec.access].format(api=sc.api)}
                     identity = {k: v for k, v in config.items() if k not in ("scale", "threat")}
                     # the label is presentation: the same config under two labels is one cell
                     identity["attack"] = {"plugin": attack.plugin, "params": attack.params}
                     key = content_key({"kind": "attack", **identity, "seed": seed, "versions": versions})
-                    cells.append(Cell(key, "attack", sc.name, start.name, attack.label, seed, config, versions, inputs))
-    return cells
+                    cells.setdefault(key, Cell(key, "attack", rs.name, start.name, attack.label, seed, config, versions,
+                                               inputs))
+    return _dependency_order(list(cells.values()))
+
+
+def _dependency_order(cells: list[Cell]) -> list[Cell]:
+    """Pretrain cells, then defense cells, then attack cells (each in plan order)."""
+    return sorted(cells, key=lambda cell: KINDS.index(cell.kind))
 
 
 def attack_runs(resolved: Resolved) -> int:
@@ -327,9 +377,11 @@ def memberships(cells: list[Cell], resolved: Resolved):
                 yield cell.key, suite, label
 
 
-def _scale(sc: Scenario, facts: dict, attack: AttackConfig) -> dict:
-    """The CPU scale a leaderboard states above its tables."""
+def _scale(sc: Scenario, facts: dict, attack: AttackConfig, replicate: list[str]) -> dict:
+    """The CPU scale a leaderboard states above its tables, with the stages its seeds replicate."""
     return {"architecture": sc.architecture.name, "image_size": sc.image_size,
             "original_train": facts["original_train"], "adversary_train": facts["adversary_train"],
+            "adversary_val": facts["adversary_val"], "original_val": facts["original_val"],
             "restricted_test": facts["restricted_test"], "attack_epochs": attack.params.get("epochs"),
-            "pretrain_epochs": sc.pretrain.epochs, "restricted_split": sc.restricted_split}
+            "pretrain_epochs": sc.pretrain.epochs, "restricted_split": sc.restricted_split,
+            "replicated_stages": "+".join(replicate)}

@@ -18,6 +18,9 @@ from typing import Any, Callable, Sequence
 
 KINDS = ("task", "dataset", "architecture", "defense", "attack", "suite", "metric", "executor", "reporter")
 DOMAINS = ("restricted", "original")  # a recorded metric is "<domain>/<measure>"
+# validation slices (choices read these; test sets are for reporting): the adversary's, recorded next to every
+# restricted point of an attack, and the one held out of the original training set (SOPHON's guard curve)
+VALIDATION_DOMAINS = ("restricted_val", "original_val")
 DISPLAYS = ("percent", "raw")
 DEFAULT_TASKS = ("classification",)  # what a plugin serves unless it registers `tasks=[...]` or `tasks="any"`
 

@@ -49,7 +49,7 @@ class RunLock:
 
 def plan_cells(experiment: Experiment, runtime: Runtime, registry):
     resolved = resolve(experiment, registry)
-    facts = {rs.scenario.name: data_facts(rs.config(), runtime) for rs in resolved.scenarios}
+    facts = {rs.name: data_facts(rs.config(), runtime) for rs in resolved.scenarios}
     cells = build_cells(resolved, facts, runtime.precision)
     return resolved, cells
 

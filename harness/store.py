@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS memberships (
 KINDS = ("pretrain", "defend", "attack")
 STATUSES = ("pending", "running", "done", "diverged", "failed")
 FINISHED = ("done", "diverged")
-SPLITS = ("restricted", "original")
+SPLITS = ("restricted", "original", "restricted_val", "original_val")  # test sets, then validation slices
 X_UNITS = ("epoch", "step", "queries")
 DB_NAME = "results.sqlite"
 SCHEMA_VERSION = 1

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from harness.registry import DOMAINS, Measure, PluginSpec
+from harness.registry import DOMAINS, VALIDATION_DOMAINS, Measure, PluginSpec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -115,9 +115,10 @@ def load_task(spec: PluginSpec, params: dict | None) -> Task:
 
 
 def metric_names(task: Task, *plugins: PluginSpec | None) -> frozenset[str]:
-    """The metric names a cell may record: `<domain>/<measure>` for the task's and the plugins' measures."""
+    """The metric names a cell may record: `<domain>/<measure>` for the task's and the plugins' measures, on
+    the test domains and the adversary's validation slice."""
     measures = [*task.measures, *(m for spec in plugins if spec is not None for m in spec.measures)]
-    return frozenset(f"{domain}/{m.name}" for domain in DOMAINS for m in measures)
+    return frozenset(f"{domain}/{m.name}" for domain in (*DOMAINS, *VALIDATION_DOMAINS) for m in measures)
 
 
 def model_builder(task: Task, registry, architecture: str, arch_params: dict, *, in_channels: int, image_size: int,

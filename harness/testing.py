@@ -14,9 +14,12 @@ import torch
 
 from harness.engine import seeding
 from harness.engine.context import CellContext, Recorder
-from harness.engine.data import Split
+from harness.engine.data import Split, held_out
 from harness.engine.models import state_tensors
 from harness.registry import DEFAULT_TASKS, PluginSpec
+
+
+TINY_VALIDATION = 0.1  # the validation slices held out of the tiny training sets, as a scenario's default
 
 
 def synthetic_split(n: int, *, num_classes: int = 10, channels: int = 1, size: int = 16, seed: int = 0,
@@ -48,10 +51,15 @@ def tiny_context(params: dict, *, seed: int = 0, task: str = "classification", t
     make_model = model_builder(the_task, reg, arch.name, arch_params, in_channels=data.channels,
                                image_size=data.size, num_classes=data.num_classes)
 
+    original_fit, original_val = held_out(data.original_train, TINY_VALIDATION, seed=0)
+    restricted_fit, restricted_val = held_out(data.restricted_train, TINY_VALIDATION, seed=0)
+    if plugin is not None and plugin.kind == "defense":  # as in a run: the defender's share whole, no R_val
+        restricted_fit, restricted_val = data.restricted_train, None
     return CellContext(
         params=params, seed=seed, device=torch.device("cpu"), precision="fp32", num_classes=data.num_classes,
-        original_train=data.original_train if with_original_train else None, original_test=data.original_test,
-        restricted_train=data.restricted_train, restricted_test=data.restricted_test, build_model=make_model,
+        original_train=original_fit if with_original_train else None, original_test=data.original_test,
+        original_val=original_val, restricted_train=restricted_fit, restricted_val=restricted_val,
+        restricted_test=data.restricted_test, build_model=make_model,
         recorder=Recorder(allowed=metric_names(the_task, plugin)), task=the_task, log=lambda message: None,
     )
 

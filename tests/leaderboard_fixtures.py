@@ -56,7 +56,8 @@ def build_store(root: Path, *, defense: str = "x", attack_plugin: str = "finetun
             points = [(0, "epoch", "original/accuracy", o0), (len(curve) - 1, "epoch", "original/accuracy", 0.5)]
             for epoch, accuracy in enumerate(curve):
                 for x, unit in ((epoch, "epoch"), (epoch * STEPS_PER_EPOCH, "step")):
-                    points += [(x, unit, "restricted/accuracy", accuracy), (x, unit, "restricted/loss", 2 - accuracy)]
+                    points += [(x, unit, "restricted/accuracy", accuracy), (x, unit, "restricted/loss", 2 - accuracy),
+                               (x, unit, "restricted_val/accuracy", accuracy)]  # validation twin: same values here
             _add(store, key, "attack", start, attack, seed, config, points, "done" if len(curve) == 4 else "diverged")
             members += [(key, suite, label) for suite, label, config_id in MEMBERSHIPS if config_id == attack]
     # cells the leaderboard must ignore: not an attack, not finished
@@ -152,8 +153,9 @@ def build_denoising_store(root: Path) -> Path:
                       "attack": {"plugin": "finetune", "params": {"epochs": 3}},
                       "defense": {"plugin": "sophon", "params": {}} if kind == "defense" else None}
             points = [(0, "epoch", "original/mse", MSE_ORIGINAL_AT_0[kind])]
-            points += [(epoch * scale, unit, "restricted/mse", mse) for epoch, mse in enumerate(curve)
-                       for scale, unit in ((1, "epoch"), (STEPS_PER_EPOCH, "step"))]
+            points += [(epoch * scale, unit, f"{split}/mse", mse) for epoch, mse in enumerate(curve)
+                       for scale, unit in ((1, "epoch"), (STEPS_PER_EPOCH, "step"))
+                       for split in ("restricted", "restricted_val")]
             pictures = [] if key in NO_PICTURES else store_pictures(store.artifact_dir(key), curve[-1])
             _add(store, key, "attack", start, attack, seed, config, points, "done", scenario=DENOISING,
                  artifacts=pictures)

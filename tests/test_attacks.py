@@ -26,8 +26,8 @@ REGISTRY = Registry(strict=True)
 for module in (classification, architectures, finetune, lora, adaptive, suites):
     REGISTRY.add(module, name=module.__name__)
 
-N_TRAIN, BATCH = 200, 32
-STEPS_PER_EPOCH = N_TRAIN // BATCH  # the last short batch is dropped
+N_TRAIN, BATCH = 220, 32  # tiny_context holds a tenth of every class out for validation: 200 to train on
+STEPS_PER_EPOCH = 200 // BATCH  # the last short batch is dropped
 
 
 @pytest.fixture(autouse=True)
@@ -158,10 +158,10 @@ def test_curve_points_and_counters_from_a_scratch_start(strategy):
 
 
 def test_training_learns_the_restricted_task():
-    ctx, model, run = attack_cell("finetune", optimizer="adam", lr=3e-3, epochs=3)
+    ctx, model, run = attack_cell("finetune", optimizer="adam", lr=3e-3, epochs=5)
     run(ctx, model)
     accuracy = curve(ctx)
-    assert accuracy[3] > accuracy[0] + 0.3
+    assert accuracy[5] > accuracy[0] + 0.3
 
 
 def test_eval_every_steps_adds_step_only_points():

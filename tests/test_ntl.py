@@ -86,7 +86,7 @@ def test_learning_rate_decays_per_step():
 
 
 def ntl_context(**overrides):
-    return tiny_context(params(**{"epochs": 2, "batch_size": 16, **overrides}), arch_params={"width": 0.5}, n_train=96,
+    return tiny_context(params(**{"epochs": 2, "batch_size": 16, **overrides}), arch_params={"width": 0.5}, n_train=106,
                         n_test=40)
 
 
@@ -99,7 +99,7 @@ def test_training_is_deterministic_records_curves_and_removes_its_hook():
     assert same_weights(first, second) and points == again
     assert not first.get_submodule(first.feature_path)._forward_hooks
     steps = sorted({x for x, unit, metric, _ in points if unit == "step" and metric == "original/accuracy"})
-    assert steps == [6.0, 12.0]  # 96 pairs / 16 per batch = 6 steps per epoch
+    assert steps == [6.0, 12.0]  # 96 pairs (106 less the validation slice) / 16 per batch = 6 steps per epoch
 
 
 def test_feature_module_override():

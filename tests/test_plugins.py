@@ -233,7 +233,8 @@ def test_a_task_family_from_a_package_runs_a_grid(toy_task_installed, write_expe
         metrics = {m for (m,) in db.execute("SELECT DISTINCT metric FROM points")}
         scratch = db.execute("SELECT p.x, p.value FROM points p JOIN cells c ON c.key = p.key WHERE c.start = 'scratch'"
                              " AND c.seed = 0 AND p.metric = 'restricted/mse' AND p.x_unit = 'epoch' ORDER BY p.x").fetchall()
-    assert metrics == {"restricted/mse", "original/mse"}
+    # the attacks also record the adversary's validation slice
+    assert metrics == {"restricted/mse", "original/mse", "restricted_val/mse"}
     assert [x for x, _ in scratch] == [0.0, 1.0, 2.0] and scratch[-1][1] < scratch[0][1]  # training lowers the error
     with sqlite3.connect(tmp_path / "r" / "results.sqlite") as db:
         pictures = db.execute("SELECT a.path FROM artifacts a JOIN cells c ON c.key = a.key WHERE c.kind = 'attack'"

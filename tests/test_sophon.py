@@ -206,3 +206,17 @@ def test_deterministic_and_probes_never_change_the_model():
 def test_listing_the_plugin_does_not_import_torch():
     code = "import sys, defenses.sophon, defenses.ntl; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("name", ["sophon-ice-paper", "sophon-klu-paper"])
+def test_paper_presets_simulate_adam_with_both_heads_and_train(name):
+    spec = registry().get("defense", name)
+    code = registry().get("defense", name.removesuffix("-paper"))
+    params = spec.resolve({}, name)
+    assert [(e.optimizer, e.head_mode) for e in sophon.parse_environments(params)] == [("adam", "initFC"),
+                                                                                       ("adam", "direct")]
+    assert [e.optimizer for e in sophon.parse_environments(code.resolve({}, "code"))] == ["sgd"]
+    assert params == {**code.resolve({}, "code"), "environments": sophon.PAPER_ENVIRONMENTS}
+    ctx = context(name)
+    released = spec.load()(ctx, seeded_model(ctx))
+    assert all(torch.isfinite(t).all() for t in state_tensors(released).values())

@@ -59,7 +59,7 @@ def test_one_step_meta_gradient_is_the_query_gradient_after_one_sgd_step():
             parameter.sub_(1e-2 * grad)
     expected = torch.autograd.grad(gen.denial_of_service(stepped(*query)), list(stepped.parameters()))
     for (name, _), grad in zip(stepped.named_parameters(), expected):
-        torch.testing.assert_close(lean.grads[name], grad, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(lean.grads[name], grad, rtol=1e-4, atol=1e-6)
     assert lean.query_accuracy is None
 
 

@@ -2,7 +2,9 @@
 
 Data roles are enforced by construction: a defense context holds the original training set and the
 defender half of the restricted set; an attack context holds only the adversary half (plus original
-training data when the attack declares it needs some). Test sets are for evaluation only.
+training data when the attack declares it needs some). Test sets are for recording only: a choice (a guard,
+a config search, early stopping) reads `original_val` (defenses, held out of the original training set)
+or `restricted_val` (attacks, held out of the adversary's data).
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ class CellContext:
     recorder: Recorder
     task: Task
     original_train: Split | None = None
+    original_val: Split | None = None
+    restricted_val: Split | None = None
     log: Callable[[str], None] = print
     normalisation: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = field(default_factory=dict)
     evaluators: list[Evaluator] = field(default_factory=list)
@@ -112,19 +116,28 @@ class CellContext:
                queries: int | None = None) -> dict[str, float]:
         """Evaluate on the `on` test set ("restricted" or "original") and record every measure (the task's and the
         cell's evaluators') against the epoch, the step and the number of oracle queries given (None skips that
-        unit); return the measures."""
+        unit); return the measures.
+
+        An attack's restricted record also records the task's measures on the adversary's validation slice
+        (`restricted_val/<measure>`): what attacker-side choices such as scratch@best read."""
         if on not in DOMAINS:
             raise ValueError(f"on must be one of {list(DOMAINS)}, not {on!r}")
         split = self.restricted_test if on == "restricted" else self.original_test
         values = self.measure(model, split)
         for evaluator in self.evaluators:
             values.update(evaluator(self, model, split, on))
+        self._points(values, on, epoch, step, queries)
+        if on == "restricted" and self.restricted_val is not None:
+            self._points(self.measure(model, self.restricted_val), "restricted_val", epoch, step, queries)
+        return values
+
+    def _points(self, values: dict[str, float], domain: str, epoch: float | None, step: int | None,
+                queries: int | None) -> None:
         for x, unit in ((epoch, "epoch"), (step, "step"), (queries, "queries")):
             if x is None:
                 continue
             for name, value in values.items():
-                self.recorder.point(x, unit, f"{on}/{name}", value)
-        return values
+                self.recorder.point(x, unit, f"{domain}/{name}", value)
 
     def record_release(self, model: nn.Module, *, step: int) -> None:
         """A defense's released model: original and restricted test measures at epoch 0, and the original score

@@ -214,10 +214,44 @@ def restricted_roles(train: Split, mode: str, seed: int = 0) -> tuple[Split, Spl
         index_def = index_adv = torch.arange(len(train))
     else:
         share = 0.5 if mode == "halves" else float(mode.partition(":")[2])
-        labels = train.y if train.y is not None else torch.zeros(len(train), dtype=torch.long)  # one stratum
-        index_def, index_adv = stratified_split(labels, share, seed)
+        index_def, index_adv = stratified_split(_strata(train), share, seed)
     manifest = hashlib.sha256(index_def.numpy().tobytes() + b"|" + index_adv.numpy().tobytes()).hexdigest()
     return train.subset(index_def), train.subset(index_adv), manifest
+
+
+def _strata(split: Split) -> torch.Tensor:
+    """Class labels to stratify by (one stratum for unlabelled data)."""
+    return split.y if split.y is not None else torch.zeros(len(split), dtype=torch.long)
+
+
+def held_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """(fit, validation): a stratified `fraction` of every class (at least one example of each class that has
+    two or more) is held out for choices; the rest is trained on."""
+    gen = torch.Generator().manual_seed(seed)
+    fit, val = [], []
+    labels = _strata(split).cpu()
+    for cls in torch.unique(labels):
+        idx = torch.nonzero(labels == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        cut = min(len(idx) - 1, max(1, int(round(fraction * len(idx))))) if len(idx) > 1 else 0
+        val.append(idx[:cut])
+        fit.append(idx[cut:])
+    return split.subset(torch.sort(torch.cat(fit)).values), split.subset(torch.sort(torch.cat(val)).values)
+
+
+def within_budget(split: Split, budget: str, seed: int) -> Split:
+    """The adversary's share under a data budget: `all`, `per_class:n` (the first n of every class in a seeded
+    order) or `fraction:f` (a stratified share f)."""
+    head, _, amount = budget.partition(":")
+    if budget == "all":
+        return split
+    if head == "fraction":
+        return split.subset(stratified_split(_strata(split), float(amount), seed)[0])
+    gen = torch.Generator().manual_seed(seed)
+    labels = _strata(split).cpu()
+    kept = [idx[torch.randperm(len(idx), generator=gen)][:int(amount)]
+            for idx in (torch.nonzero(labels == cls).flatten() for cls in torch.unique(labels))]
+    return split.subset(torch.sort(torch.cat(kept)).values)
 
 
 def _epoch_stop(n: int, batch_size: int, drop_last: bool) -> int:

@@ -54,7 +54,7 @@ def resistance_tuned(curves: Curves, min_gap: float = 0.02) -> pd.DataFrame:
     """R_tuned: as R with scratch@best (scratch's best config in the suite) in the denominator; also reports
     scratch@best's final score and which config it is."""
     final = curves.final()
-    best = scratch_best(final)
+    best = scratch_best(final, curves)
     scratch = final[PAIR].drop_duplicates().merge(best.drop(columns=["attack", "sign"]),
                                                   on=["scenario", "suite", "seed"])
     chosen = best.assign(start="scratch", note="config " + best.attack)
@@ -75,7 +75,7 @@ def steps_to_scratch(curves: Curves) -> pd.DataFrame:
     """The first optimizer step at which the score reaches scratch@best's final score (same seed); censored at
     the attack's step budget (the most steps any start of that attack config recorded) when never reached."""
     final, steps = curves.final(), curves.by_step()
-    target = scratch_best(final)[["scenario", "suite", "seed", "value"]].rename(columns={"value": "target"})
+    target = scratch_best(final, curves)[["scenario", "suite", "seed", "value"]].rename(columns={"value": "target"})
     budget = steps.groupby(["scenario", "attack_id"], as_index=False).step.max().rename(columns={"step": "budget"})
     steps = steps.merge(target, on=["scenario", "suite", "seed"])
     reached = steps[steps.sign * (steps.value - steps.target) >= -1e-12].groupby(CELL, as_index=False).step.min()
@@ -90,14 +90,37 @@ def steps_to_scratch(curves: Curves) -> pd.DataFrame:
 
 
 def worst_case(curves: Curves, min_gap: float = 0.02) -> pd.DataFrame:
-    """Per seed, the attacker's best final score over the suite's attacks and the lowest R, then averaged."""
+    """Over one attack set per start, the same for every seed: the suite's attacks with a final score for every
+    seed of that start. Per seed, the attacker's best final score over the set (no baselines needed), and the
+    lowest R over the set's attacks where R is defined for every seed; each note lists the attacks left out and why."""
     final = curves.final()
-    best = final.assign(rank=final.sign * final.value).sort_values("rank").groupby(PER_START).tail(1)
-    r = relative(final, start_rows(final, "scratch"), min_gap, curves)
-    lowest = r.groupby(PER_START, as_index=False).agg(
-        value=("value", "min"), defined=("value", "count"), attacks=("value", "size"))
-    lowest["note"] = ["R is n/a for every attack" if d == 0 else
-                      f"over the {d} of {n} attacks where R is defined" if d < n else ""
-                      for d, n in zip(lowest.defined, lowest.attacks)]
-    return pd.concat([emit(best, "worst_case", suite_level=True),
-                      emit(lowest, "worst_case_R", suite_level=True)])
+    start = ["scenario", "suite", "start"]
+    seeds = final.groupby(start).seed.nunique().rename("seeds").reset_index()
+    runs = final.groupby(start + ["attack"]).seed.nunique().rename("runs").reset_index().merge(seeds, on=start)
+    complete = runs[runs.runs == runs.seeds][start + ["attack"]]
+    partial = _left_out(runs[runs.runs < runs.seeds], lambda row: "not run for every seed")
+    in_set = final.merge(complete, on=start + ["attack"])
+    best = in_set.assign(rank=in_set.sign * in_set.value).sort_values("rank").groupby(PER_START).tail(1)
+
+    r = relative(final, start_rows(final, "scratch"), min_gap, curves).merge(complete, on=start + ["attack"])
+    defined = r.groupby(start + ["attack"], as_index=False).agg(ok=("value", lambda v: bool(v.notna().all())),
+                                                                 why=("note", lambda n: next((x for x in n if x), "")))
+    undefined = _left_out(defined[~defined.ok], lambda row: f"R n/a ({row.why})")
+    lowest = (r.merge(defined[defined.ok][start + ["attack"]], on=start + ["attack"])
+               .groupby(PER_START, as_index=False).value.min())
+    lowest = r[PER_START].drop_duplicates().merge(lowest, on=PER_START, how="left")
+    return pd.concat([emit(_noted(best, [partial]), "worst_case", suite_level=True),
+                      emit(_noted(lowest, [partial, undefined]), "worst_case_R", suite_level=True)])
+
+
+def _left_out(attacks: pd.DataFrame, reason) -> pd.DataFrame:
+    """scenario, suite, start, item: '<attack> (<reason>)' for each attack left out of a start's set."""
+    return attacks.assign(item=[f"{row.attack} ({reason(row)})" for row in attacks.itertuples()])[
+        ["scenario", "suite", "start", "item"]]
+
+
+def _noted(rows: pd.DataFrame, left_out: list[pd.DataFrame]) -> pd.DataFrame:
+    """`rows` with a note per start listing the attacks left out of its set ('' when none)."""
+    items = pd.concat(left_out)
+    notes = items.groupby(["scenario", "suite", "start"]).item.agg(lambda i: "left out: " + "; ".join(i)).to_dict()
+    return rows.assign(note=[notes.get(key, "") for key in zip(rows.scenario, rows.suite, rows.start)])

@@ -57,15 +57,28 @@ def _delta(value: float, measure: Measure) -> str:
     return format_amount(value, "delta", percent) + (" points" if percent else "")
 
 
-def scratch_best(final: pd.DataFrame) -> pd.DataFrame:
-    """Scratch's best config of each suite (best mean final score over seeds), with its per-seed final scores."""
-    scratch = final[final.start == "scratch"]
-    mean = (scratch.sign * scratch.value).groupby([scratch.scenario, scratch.suite, scratch.attack]).mean()
+def scratch_best(final: pd.DataFrame, curves: Curves) -> pd.DataFrame:
+    """Scratch's best config of each suite, with its per-seed final (test) scores.
+
+    The choice reads the adversary's validation slice, never a test set: the best mean over seeds of each
+    scratch cell's last `restricted_val/<score>` point (docs/protocol.md). Cells without a validation curve (a
+    store written before validation slices) take no part in the choice."""
+    scratch = final[final.start == "scratch"].merge(validation_final(curves), on="key")
+    mean = (scratch.sign * scratch.val).groupby([scratch.scenario, scratch.suite, scratch.attack]).mean()
     if mean.empty:
         return scratch[PAIR + ["value", "sign"]]
     chosen = pd.DataFrame(mean.groupby(level=["scenario", "suite"]).idxmax().tolist(),
                           columns=["scenario", "suite", "attack"])
     return scratch.merge(chosen, on=["scenario", "suite", "attack"])[PAIR + ["value", "sign"]]
+
+
+def validation_final(curves: Curves) -> pd.DataFrame:
+    """key, val: each attack cell's score on the adversary's validation slice at its last recorded epoch."""
+    points = curves.points[curves.points.x_unit == "epoch"].merge(
+        curves.cells[["key", "measure"]].drop_duplicates("key"), on="key")
+    val = points[points.metric == "restricted_val/" + points.measure]
+    last = val[val.x == val.groupby("key").x.transform("max")]
+    return last[["key", "value"]].rename(columns={"value": "val"})
 
 
 def unbaselined(frame: pd.DataFrame, target: pd.DataFrame, on: list[str], note: str) -> pd.DataFrame:
