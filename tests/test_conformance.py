@@ -62,6 +62,7 @@ TINY_FILES = {
     "cifar10": _cifar("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels", 10),
     "cifar100": _cifar("cifar-100-python", ["train"], "test", "fine_labels", 100),
     "svhn": _svhn, "stl10": _stl10, "image-folder": _image_folder,
+    "transformed": lambda root: {"dataset": "fashion-mnist", "params": _idx(".")(root), "transform": "rotate:90+invert"},
 }
 
 

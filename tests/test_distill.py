@@ -120,8 +120,9 @@ def test_the_defense_leaves_the_adversary_untouched_and_records_its_progress():
     assert teacher is not adversary
     assert all(torch.equal(before[k], v) for k, v in adversary.state_dict().items())
     kl = [(x, v) for x, unit, metric, v in ctx.recorder.points if metric == "original/nasty_kl"]
-    assert [x for x, _ in kl] == [6, 12] and all(v > 0 for _, v in kl)  # 200 images / 32 = 6 steps per epoch
-    assert ctx.recorder.notes == {"steps": 12, "skipped_steps": 0}
+    # 180 images (200 less the 10 % validation slice) / 32 = 5 steps per epoch
+    assert [x for x, _ in kl] == [5, 10] and all(v > 0 for _, v in kl)
+    assert ctx.recorder.notes == {"steps": 10, "skipped_steps": 0}
 
 
 def test_non_finite_steps_are_skipped_and_counted_then_fail_above_the_limit(monkeypatch):
@@ -137,7 +138,7 @@ def test_non_finite_steps_are_skipped_and_counted_then_fail_above_the_limit(monk
     monkeypatch.setattr(nasty_teacher, "nasty_loss", sometimes_nan)
     ctx = tiny_context(nasty_params(max_skipped=0.2), plugin=registry().get("defense", "nasty-teacher"))
     nasty_teacher.train_nasty_teacher(ctx, seeded_model(ctx))
-    assert ctx.recorder.notes == {"steps": 12, "skipped_steps": 2}
+    assert ctx.recorder.notes == {"steps": 10, "skipped_steps": 2}
     calls.clear()
     ctx = tiny_context(nasty_params(max_skipped=0.1), plugin=registry().get("defense", "nasty-teacher"))
     with pytest.raises(Diverged, match="not finite at 2 steps, more than 10% of the 2 epochs' steps"):
