@@ -44,9 +44,14 @@ def load_transformed(params: dict, *, data_root: Path | None, image_size: int) -
     spec = registry().get("dataset", params["dataset"], where="transformed.dataset")
     inner = spec.load()(spec.resolve(params["params"], f"transformed.params ({spec.name})"), data_root=data_root,
                         image_size=image_size)
+    skip = params["skip_train"]
+    if skip >= len(inner.train_x):
+        raise DatasetError(f"transformed.skip_train: {skip} skips all {len(inner.train_x)} training images of "
+                           f"{spec.name!r}; expected fewer (raise the wrapped dataset's limit_train)")
     inverted = "invert" in _steps(params["transform"])
     mean = None if inner.mean is None else tuple(1.0 - m for m in inner.mean) if inverted else inner.mean
-    return RawDataset(apply(inner.train_x, params["transform"]), inner.train_y,
+    train_y = None if inner.train_y is None else inner.train_y[skip:]
+    return RawDataset(apply(inner.train_x[skip:], params["transform"]), train_y,
                       apply(inner.test_x, params["transform"]), inner.test_y, inner.num_classes, mean, inner.std)
 
 
@@ -67,4 +72,7 @@ def register_datasets(register):
              description="Any dataset with a fixed transform (rotate, flip, invert): a shifted domain",
              params=[Param("dataset", "str", "fashion-mnist", help="the registered dataset to wrap"),
                      Param("params", "dict", {}, help="the wrapped dataset's parameters"),
-                     Param("transform", "str", "rotate:90", help=TRANSFORMS)])
+                     Param("transform", "str", "rotate:90", help=TRANSFORMS),
+                     Param("skip_train", "int", 0, min=0, max=10_000_000,
+                           help="leave out the wrapped dataset's first n training images, so the shifted domain "
+                                "shares no image with an original that reads those n")])

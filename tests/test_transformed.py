@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from harness.config import parse_experiment
+from harness.data import DatasetError
 from harness.plan import resolve
 from harness.plugins import registry
 from harness.registry import ConfigError
@@ -27,6 +28,15 @@ def test_rotated_inverted_digits_keep_labels_and_move_pixels():
     assert np.array_equal(shifted.train_y, plain.train_y) and np.array_equal(shifted.test_y, plain.test_y)
     assert np.array_equal(shifted.train_x, np.rot90(255 - plain.train_x, axes=(1, 2)))
     assert not np.array_equal(shifted.test_x, plain.test_x)
+
+
+def test_skip_train_leaves_out_the_first_training_images_and_refuses_to_skip_all():
+    plain = load("digits", {})
+    shifted = load("transformed", {"dataset": "digits", "transform": "flip", "skip_train": 100})
+    assert np.array_equal(shifted.train_x, plain.train_x[100:, :, ::-1])
+    assert np.array_equal(shifted.train_y, plain.train_y[100:]) and len(shifted.test_x) == len(plain.test_x)
+    with pytest.raises(DatasetError, match="skip_train: .* skips all"):
+        load("transformed", {"dataset": "digits", "skip_train": len(plain.train_x)})
 
 
 def test_steps_apply_in_order_and_compose():
