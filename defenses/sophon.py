@@ -26,6 +26,7 @@ from harness.registry import ConfigError, PluginSpec
 
 INNER_OPTIMIZERS = ("sgd", "momentum", "adam")
 HEAD_MODES = ("initFC", "direct")
+TRAINED_LAYERS = ("all", "head")  # what a simulated attacker fine-tunes: every layer [ref], or the head alone
 VAL_FRACTION = 0.1  # the probe's held-out share of R_def (docs/algorithms.md §1.2)
 PROBE_WEIGHT_DECAY = 1e-4
 
@@ -62,7 +63,8 @@ ICE_VARIANTS = {"negated-logits": ice_negated_logits, "log-one-minus-p": ice_log
 
 @dataclass(frozen=True)
 class Environment:
-    """One simulated attacker: inner optimizer and lr, batch size, number of steps, head mode, weight γ."""
+    """One simulated attacker: inner optimizer and lr, batch size, number of steps, head mode, weight γ, and
+    which layers it fine-tunes (`all` [ref], or `head`: a linear-probe attacker on frozen features)."""
 
     optimizer: str
     lr: float
@@ -70,17 +72,19 @@ class Environment:
     steps: int
     head_mode: str
     weight: float
+    trains: str = "all"
 
 
 ENVIRONMENT_FIELDS = (Param("optimizer", "str", "", choices=INNER_OPTIMIZERS), Param("lr", "float", 0.0, min=0.0),
                       Param("batch_size", "int", 0, min=12, max=1_000_000), Param("steps", "int", 0, min=1, max=100_000),
-                      Param("head_mode", "str", "", choices=HEAD_MODES), Param("weight", "float", 0.0, min=0.0))
+                      Param("head_mode", "str", "", choices=HEAD_MODES), Param("weight", "float", 0.0, min=0.0),
+                      Param("trains", "str", "all", choices=TRAINED_LAYERS))
 
 
 def environment_fields(params: dict) -> tuple[Param, ...]:
     """The schema of one `environments` entry; omitted keys fall back to the defense's scalar parameters."""
     defaults = {"optimizer": "sgd", "lr": params["inner_lr"], "batch_size": params["batch_size"],
-                "steps": params["adaptation_steps"], "weight": 1.0,
+                "steps": params["adaptation_steps"], "weight": 1.0, "trains": "all",
                 "head_mode": "initFC" if params["fts_head_reinit"] else "direct"}
     return tuple(dataclasses.replace(field, default=defaults[field.name]) for field in ENVIRONMENT_FIELDS)
 
@@ -192,7 +196,9 @@ def fts_meta_gradient(model, batches, environment: Environment, query_loss, weig
     if environment.head_mode == "initFC":
         reinit_fast_head(model, fast, head_generator)
     tensors = list(fast.values())
-    optimizer = inner_optimizer(environment.optimizer, tensors, environment.lr)
+    head = f"{model.head_path}." if environment.trains == "head" else ""
+    trained = [t for name, t in fast.items() if name.startswith(head)]  # the inner steps move only these
+    optimizer = inner_optimizer(environment.optimizer, trained, environment.lr)
     total = [torch.zeros_like(t) for t in tensors]
     loss_sum, correct, seen = 0.0, 0, 0
 
@@ -202,8 +208,8 @@ def fts_meta_gradient(model, batches, environment: Environment, query_loss, weig
             return functional_call(model, (fast, buffers), args).float()
 
     for weight, (support_x, support_y, query_x, query_y) in zip(weights, batches):
-        inner_grads = torch.autograd.grad(inner_loss(forward(support_x), support_y), tensors)
-        for tensor, grad in zip(tensors, inner_grads):
+        inner_grads = torch.autograd.grad(inner_loss(forward(support_x), support_y), trained)
+        for tensor, grad in zip(trained, inner_grads):
             tensor.grad = grad
         optimizer.step()
         if weight == 0.0:
@@ -541,7 +547,7 @@ def sophon_params(*, alpha: float, beta: float, nl_loop: int, head_reinit: bool,
               help="passthrough [ref]: the head gradient at the re-initialised head updates the real head"),
         Param("environments", "list", environments, nullable=True,
               item=Param("environment", "dict", None, keys=ENVIRONMENT_FIELDS),
-              help="simulated attackers [{optimizer, lr, batch_size, steps, head_mode, weight}]; null = the "
+              help="simulated attackers [{optimizer, lr, batch_size, steps, head_mode, weight, trains}]; null = the "
                    "reference's single one from the scalar parameters"),
         Param("environment_sampling", "str", "one_per_fts", choices=("one_per_fts", "all"),
               help="one uniform draw per FTS call, or the weight-averaged meta-gradient over all"),

@@ -34,9 +34,9 @@ def batches(ctx, steps: int, batch_size: int = 40):
     return list(sophon.restricted_batches(ctx.restricted_train, stream, steps, torch.Generator().manual_seed(2)))
 
 
-def keep_all_graphs_gradient(model, data, lr: float, loss_fn, head_init: dict | None):
+def keep_all_graphs_gradient(model, data, lr: float, loss_fn, head_init: dict | None, trains: str = "all"):
     """The reference's way: θ' with requires_grad, a K-step trajectory whose inner gradients are constants,
-    every query graph alive until one backward of the mean query loss."""
+    every query graph alive until one backward of the mean query loss. `trains="head"` steps only the head."""
     theta = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
     fast = dict(theta)
     if head_init:  # the clone is an identity in autograd: the value is re-initialised, the gradient passes
@@ -46,7 +46,8 @@ def keep_all_graphs_gradient(model, data, lr: float, loss_fn, head_init: dict | 
     for support_x, support_y, query_x, query_y in data:
         support = F.cross_entropy(functional_call(model, (fast, buffers), (support_x,)), support_y)
         grads = torch.autograd.grad(support, list(fast.values()))
-        fast = {n: t - lr * g.detach() for (n, t), g in zip(fast.items(), grads)}
+        fast = {n: t - lr * g.detach() if trains == "all" or n.startswith(f"{model.head_path}.") else t
+                for (n, t), g in zip(fast.items(), grads)}
         losses.append(loss_fn(functional_call(model, (fast, buffers), (query_x,)), query_y))
     torch.stack(losses).mean().backward()
     return {n: t.grad for n, t in theta.items()}
@@ -57,12 +58,12 @@ def relative_error(a: dict, b: dict) -> float:
     return diff / math.sqrt(sum(b[n].pow(2).sum().item() for n in b))
 
 
-@pytest.mark.parametrize("head_mode", ["initFC", "direct"])
-def test_lean_meta_gradient_matches_keep_all_graphs(head_mode):
+@pytest.mark.parametrize("head_mode, trains", [("initFC", "all"), ("direct", "all"), ("initFC", "head")])
+def test_lean_meta_gradient_matches_keep_all_graphs(head_mode, trains):
     ctx = context()
     model = seeded_model(ctx).train()
     data = batches(ctx, steps=4)
-    env = sophon.Environment("sgd", 1e-2, 40, 4, head_mode, 1.0)
+    env = sophon.Environment("sgd", 1e-2, 40, 4, head_mode, 1.0, trains)
     lean = sophon.fts_meta_gradient(model, data, env, sophon.ice_negated_logits, [0.25] * 4,
                                     head_generator=torch.Generator().manual_seed(7))
     head_init = None
@@ -70,8 +71,11 @@ def test_lean_meta_gradient_matches_keep_all_graphs(head_mode):
         fresh = {n: p.detach().clone() for n, p in model.named_parameters()}
         sophon.reinit_fast_head(model, fresh, torch.Generator().manual_seed(7))
         head_init = {n: fresh[n] for n in (f"{model.head_path}.weight", f"{model.head_path}.bias")}
-    reference = keep_all_graphs_gradient(model, data, 1e-2, sophon.ice_negated_logits, head_init)
+    reference = keep_all_graphs_gradient(model, data, 1e-2, sophon.ice_negated_logits, head_init, trains)
     assert relative_error(lean.grads, reference) <= 1e-5
+    if trains == "head":  # a head-only attacker moves only the head: the body's gradient differs from `all`'s
+        everything = keep_all_graphs_gradient(model, data, 1e-2, sophon.ice_negated_logits, head_init)
+        assert relative_error(lean.grads, everything) > 1e-3
     assert 0.0 <= lean.query_accuracy <= 1.0
 
 
@@ -169,8 +173,13 @@ def test_environments_are_checked_and_default_to_the_scalars():
     first, second = sophon.parse_environments(params)
     assert (first.optimizer, first.batch_size, first.lr) == ("adam", 50, 1e-3)
     assert (second.head_mode, second.weight) == ("initFC", 2.0)
+    params["environments"] = [{"trains": "head"}]
+    assert sophon.parse_environments(params)[0].trains == "head"
     params["environments"] = [{"learning_rate": 1e-3}]
     with pytest.raises(ConfigError, match=r"environments\[0\]"):
+        sophon.parse_environments(params)
+    params["environments"] = [{"trains": "body"}]
+    with pytest.raises(ConfigError, match=r"environments\[0\].trains"):
         sophon.parse_environments(params)
 
 

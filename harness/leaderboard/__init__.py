@@ -2,8 +2,8 @@
 
 One job per module: `curves` loads the attack curves, `metrics` runs the metric plugins (the built-ins are in
 plugins/metrics/), `aggregate` turns per-seed values into mean ± std and a 95 % t-interval, `present` lays the
-rows out in sections as the reporters show them, `measures` reads each measure's direction and display from the
-plugin that declares it. This module puts them together for the CLI: `write_leaderboard`, `print_leaderboard`.
+rows out in sections as the reporters show them, `budgets` sets the final scores side by side per adversary
+budget, `measures` reads each measure's direction and display from the plugin that declares it. This module puts them together for the CLI: `write_leaderboard`, `print_leaderboard`.
 docs/leaderboard.md states the definitions as implemented.
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.leaderboard.aggregate import aggregate
+from harness.leaderboard.budgets import BudgetLadder, budget_ladders
 from harness.leaderboard.curves import Curves, load_curves
 from harness.leaderboard.metrics import compute_metrics
 from harness.leaderboard.present import Section, sections, with_display
@@ -35,6 +36,7 @@ class Leaderboard:
     per_seed: pd.DataFrame
     table: pd.DataFrame
     sections: list[Section]
+    budgets: list[BudgetLadder]  # the scenarios that list several adversary budgets
     metrics: list[PluginSpec]
     generated: str
 
@@ -64,7 +66,7 @@ def build_leaderboard(results_dir: str | Path, suites: list[str] | None = None,
     per_seed = compute_metrics(curves, metrics)
     table = with_display(aggregate(per_seed), curves.measures)
     return Leaderboard(results_dir=Path(results_dir), curves=curves, per_seed=per_seed, table=table,
-                       sections=sections(curves, table, registry), metrics=metrics,
+                       sections=sections(curves, table, registry), budgets=budget_ladders(curves), metrics=metrics,
                        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 

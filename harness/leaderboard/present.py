@@ -42,8 +42,22 @@ class Matrix:
     better: dict[str, str]  # column -> "higher", "lower" or "" (better for the defense)
 
 
+class ScoreUnits:
+    """Formatting for a table whose values are in its `score` measure's unit (or a Column unit derived from it)."""
+
+    score: Measure
+
+    @property
+    def percent(self) -> bool:
+        return self.score.display == "percent"
+
+    def amount(self, value: float | None, unit: str) -> str:
+        """A value of one of this table's columns, in its unit."""
+        return format_amount(value, unit, self.percent)
+
+
 @dataclass
-class Section:
+class Section(ScoreUnits):
     """One leaderboard table: a scenario under one attack suite."""
 
     scenario: str
@@ -67,14 +81,6 @@ class Section:
     @property
     def measure(self) -> str:
         return self.score.name
-
-    @property
-    def percent(self) -> bool:
-        return self.score.display == "percent"
-
-    def amount(self, value: float | None, unit: str) -> str:
-        """A value of one of this section's columns, in its unit."""
-        return format_amount(value, unit, self.percent)
 
     @property
     def legend(self) -> str:

@@ -81,6 +81,9 @@ def render(board: Leaderboard) -> str:
     metrics = "".join(f"<dt>{escape(m.name)}</dt><dd>{escape(m.description)}</dd>" for m in board.metrics)
     sections = "".join(_section(i, s, [p for p in board.plots if p.section == s.title], _pictures(s, board.pictures))
                        for i, s in enumerate(board.sections))
+    sections += "".join(_ladder(i, ladder, [p for p in board.plots if p.section == ladder.title])
+                        for i, ladder in enumerate(board.budgets))
+    contents += "".join(f'<li><a href="#b{i}">{escape(b.title)}</a></li>' for i, b in enumerate(board.budgets))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -98,14 +101,25 @@ def _section(index: int, section: Section, figures: list, pictures: str) -> str:
     scales = "".join(f'<p class="meta"><b>Scale.</b> {escape(s)}</p>' for s in section.scales)
     notes = "".join(f"<li>{escape(where)}: {escape(note)}</li>" for where, note in section.notes())
     plugins = "".join(f"<dt>{escape(name)}</dt><dd>{_plugin(p)}</dd>" for name, p in section.plugins())
-    images = "".join(f'<figure>{_img(f.png, f.title)}<figcaption>{escape(f.caption)}</figcaption></figure>'
-                     for f in figures)
+    images = _figures(figures)
     return (f'<section id="s{index}"><h2>{escape(section.title)}</h2>{threats}{scales}'
             f'<p class="legend">{escape(section.legend)}</p>'
-            f'<h3>Over the suite</h3>{_table(section, False, f"s{index}-suite")}'
-            f'<h3>Per attack</h3>{_table(section, True, f"s{index}-attacks")}'
+            f'<h3>Over the suite</h3>{_table(section.matrix(False), section, f"s{index}-suite")}'
+            f'<h3>Per attack</h3>{_table(section.matrix(True), section, f"s{index}-attacks")}'
             + (f'<details class="notes" open><summary>Notes</summary><ul>{notes}</ul></details>' if notes else "")
             + f'<h3>Plugins</h3><dl>{plugins}</dl><div class="plots">{images}</div>{pictures}</section>\n')
+
+
+def _figures(figures: list) -> str:
+    return "".join(f'<figure>{_img(f.png, f.title)}<figcaption>{escape(f.caption)}</figcaption></figure>'
+                   for f in figures)
+
+
+def _ladder(index: int, ladder, figures: list) -> str:
+    """An adversary-budget ladder: the final scores per budget, and its plot."""
+    return (f'<section id="b{index}"><h2>{escape(ladder.title)}</h2><p class="legend">{escape(ladder.legend)}</p>'
+            f'{_table(ladder.matrix(), ladder, f"b{index}-budgets")}<div class="plots">{_figures(figures)}</div>'
+            f'</section>\n')
 
 
 def _img(png: bytes, alt: str, width: int | None = None) -> str:
@@ -148,8 +162,8 @@ def _plugin(plugin: dict) -> str:
     return f"<code>{escape(plugin['plugin'])}</code> <code>{escape(params)}</code> — {escape(plugin['description'])}"
 
 
-def _table(section: Section, per_attack: bool, table_id: str) -> str:
-    matrix = section.matrix(per_attack)
+def _table(matrix: Matrix, section, table_id: str) -> str:
+    """A sortable table; `section` (a Section or a BudgetLadder) formats the values in its unit."""
     head = "".join(f'<th class="label" scope="col">{escape(c)}</th>' for c in matrix.labels)
     head += "".join(_header(c, matrix) for c in matrix.columns)
     body = "".join("<tr>" + "".join(f'<td class="label" data-sort="{escape(label)}">{escape(label)}</td>'
@@ -165,7 +179,7 @@ def _header(column: str, matrix: Matrix) -> str:
     return f'<th scope="col"{hint}>{escape(column)}</th>'
 
 
-def _cell(record: dict | None, section: Section) -> str:
+def _cell(record: dict | None, section) -> str:
     if record is None:
         return '<td data-sort="">—</td>'
     unit = record["unit"]

@@ -35,6 +35,9 @@ def render(board: Leaderboard) -> str:
              "Metrics: " + "; ".join(f"**{escape(m.name)}**: {escape(m.description)}" for m in board.metrics), ""]
     for section in board.sections:
         lines += _section(section, [p for p in board.plots if p.section == section.title])
+    for ladder in board.budgets:
+        lines += [f"## {escape(ladder.title)}", "", escape(ladder.legend), "", *_table(ladder.matrix()), "",
+                  *_images([p for p in board.plots if p.section == ladder.title]), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -51,8 +54,12 @@ def _section(section: Section, figures: list) -> list[str]:
     lines += [f"- {escape(name)}: {escape(p['plugin'])} {escape(json.dumps(p['params'], sort_keys=True))}"
               f" — {escape(p['description'])}" for name, p in section.plugins()]
     lines.append("")
-    lines += [f"![{escape(f.title)}](plots/{f.name}.png)" for f in figures]
+    lines += _images(figures)
     return lines + [""]
+
+
+def _images(figures: list) -> list[str]:
+    return [f"![{escape(f.title)}](plots/{f.name}.png)" for f in figures]
 
 
 def _table(matrix: Matrix) -> list[str]:

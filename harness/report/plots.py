@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from harness.leaderboard import Leaderboard
+from harness.leaderboard.budgets import BudgetLadder
 from harness.leaderboard.present import Section
 
 BASELINES = {"scratch": {"color": "0.35", "linestyle": "--", "marker": "s"},
@@ -42,7 +43,7 @@ def render(board: Leaderboard) -> list[Plot]:
         scatter = _scatter(section)
         if scatter is not None:
             plots.append(scatter)
-    return plots
+    return plots + [_budgets(ladder) for ladder in board.budgets]
 
 
 def write(board: Leaderboard, out_dir: Path) -> list[Path]:
@@ -57,7 +58,7 @@ def write(board: Leaderboard, out_dir: Path) -> list[Path]:
     return paths
 
 
-def _style(section: Section, start: str) -> dict:
+def _style(section: Section | BudgetLadder, start: str) -> dict:
     if start in BASELINES:
         return BASELINES[start]
     defenses = [s for s in section.starts if s not in BASELINES]
@@ -141,6 +142,30 @@ def _scatter(section: Section) -> Plot | None:
     caption = ("Up and to the right is better: R = 1 (dashed) is as hard as scratch, R = 0 (dotted) no protection."
                + (f" Not shown (R or intactness n/a): {', '.join(missing)}." if missing else ""))
     return Plot(_slug(section.scenario, section.suite, "intactness-vs-R"), section.title, title, caption, _png(figure))
+
+
+def _budgets(ladder: BudgetLadder) -> Plot:
+    """Per start, the suite's strongest attack's final score at each adversary budget (mean, error bars ± std)."""
+    scale = 100 if ladder.percent else 1
+    best = ladder.strongest()
+    figure, ax = _figure()
+    positions = {budget: i for i, budget in enumerate(ladder.budgets)}
+    for start in ladder.starts:
+        line = best[best.start == start].sort_values("budget", key=lambda b: b.map(positions))
+        style = _style(ladder, start)
+        ax.errorbar(line.budget.map(positions), line["mean"] * scale, yerr=line["std"].fillna(0) * scale,
+                    label=_text(start), markersize=4, linewidth=1.4, capsize=3, **style)
+    ax.set_xticks(range(len(ladder.budgets)), [_text(b) for b in ladder.budgets], fontsize=7)
+    ax.set_xlabel("adversary's data budget")
+    better = "higher" if ladder.score.higher_is_better else "lower"
+    ax.set_ylabel(f"restricted {ladder.score.name}" + (" (%)" if scale == 100 else "") + f", {better} is better")
+    ax.set_title(_text(ladder.title), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    caption = ("Final restricted score of the suite's strongest attack per start (the one with the best mean), "
+               "at each adversary budget: mean over seeds, bars = ± std. Where scratch meets the original, "
+               "pretraining does not help the adversary and R is undefined.")
+    return Plot(_slug(ladder.scenario, ladder.suite, "budgets"), ladder.title, ladder.title, caption, _png(figure))
 
 
 def _finite(value: float) -> float:

@@ -23,6 +23,10 @@ def render(board: Leaderboard, console) -> None:
             print_unwrapped(console, table)
         for where, note in section.notes():
             console.print(Text(f"  {where}: {note}", style="dim"))
+    for ladder in board.budgets:
+        console.rule(Text(ladder.title, style="bold"))
+        console.print(Text(ladder.legend, style="dim"))
+        print_unwrapped(console, _table(ladder.matrix(), "final score per adversary budget"))
 
 
 def print_unwrapped(console, table) -> None:
