@@ -146,3 +146,22 @@ def test_the_leaderboard_scale_says_which_stages_were_replicated(tmp_path):
     assert {c.config["scale"]["replicated_stages"] for c in of(once, "attack")} == {"attack"}
     assert {c.config["scale"]["replicated_stages"] for c in of(every, "attack")} == {"pretrain+defense+attack"}
     assert {c.key for c in of(once, "attack")} <= {c.key for c in of(every, "attack")}  # scale is not in the key
+
+
+def test_replicated_defense_training_gives_sophon_intactness_and_r_a_spread(write_experiment, tmp_path):
+    """With `replicate: [defense, attack]` each run seed trains its own SOPHON, so its intactness and R vary."""
+    from harness.config import load_experiment
+    from harness.leaderboard import build_leaderboard
+    from harness.runner import run
+
+    sophon = ("  - {plugin: sophon-ice, params: {total_loop: 6, adaptation_steps: 3, batch_size: 20, "
+              "ntr_batch_size: 32, probe_every: 0, guard_threshold: 0.0}}")
+    text = (TINY_EXPERIMENT.replace("seeds: [0]", "seeds: [0, 1]\nreplicate: [defense, attack]")
+            .replace("  - {plugin: none}", sophon).replace("epochs: 1, batch_size: 64}", "epochs: 4, batch_size: 32}"))
+    runtime = Runtime(root=str(tmp_path / "r"), device="cpu", cache_dir=str(tmp_path / "cache"))
+    assert not run(load_experiment(write_experiment(text)), runtime, registry()).failed
+    rows = build_leaderboard(tmp_path / "r").table.set_index(["start", "attack", "metric"])
+    intactness = rows.loc[("defense:sophon-ice", "", "intactness")]
+    resistance = rows.loc[("defense:sophon-ice", "sgd", "R")]
+    assert len(set(intactness.per_seed.values())) == 2 and intactness["std"] > 0
+    assert len(set(resistance.per_seed.values())) == 2 and resistance["std"] > 0, resistance.note
