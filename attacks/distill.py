@@ -21,7 +21,8 @@ from harness.registry import ORIGINAL
 from attacks.finetune import Recipe, training_params
 
 NO_TEACHER = ReferenceStart("no-teacher", "none",
-                            "the student trained on the transfer set's labels alone, with label smoothing (CMIM)")
+                            "the student trained on the transfer set's labels alone, with label smoothing (CMIM)",
+                            ignores=("mode", "alpha", "tau"))  # KD settings: without a teacher there is nothing to distil
 MODES = ("soft", "hard")
 QUERY_CHUNK = 1000  # images per oracle call; the count is the same however the set is chunked
 

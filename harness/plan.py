@@ -115,6 +115,8 @@ class Cell:
     config: dict
     versions: dict
     deps: list[str] = field(default_factory=list)
+    labels: dict[str, None] = field(default_factory=dict)  # an attack cell's config labels, in plan order (one
+    # cell may serve several: the same params under two labels, or a start that ignores what they differ in)
 
     @property
     def title(self) -> str:
@@ -342,17 +344,20 @@ def build_cells(resolved: Resolved, data_facts: dict[str, dict], precision: str 
                     versions = {**(start.input.versions if start.input else base_versions),
                                 f"attack:{spec.name}": spec.cache_version}
                     inputs = [start.input.key] if start.input else []
+                    ignored = next((s.ignores for s in spec.starts if s.name == start.name), ())
+                    params = {k: v for k, v in attack.params.items() if k not in ignored}
                     config = {**common, "start": start.name, "source": start.source, "defense": start.defense,
                               "inputs": inputs,
-                              "attack": {"plugin": attack.plugin, "params": attack.params, "label": attack.label},
+                              "attack": {"plugin": attack.plugin, "params": params, "label": attack.label},
                               "scale": _scale(sc, facts, attack, exp.replicate),
                               "threat": THREAT_MODELS[spec.access].format(api=sc.api)}
                     identity = {k: v for k, v in config.items() if k not in ("scale", "threat")}
                     # the label is presentation: the same config under two labels is one cell
-                    identity["attack"] = {"plugin": attack.plugin, "params": attack.params}
+                    identity["attack"] = {"plugin": attack.plugin, "params": params}
                     key = content_key({"kind": "attack", **identity, "seed": seed, "versions": versions})
-                    cells.setdefault(key, Cell(key, "attack", rs.name, start.name, attack.label, seed, config, versions,
-                                               inputs))
+                    cell = cells.setdefault(key, Cell(key, "attack", rs.name, start.name, attack.label, seed, config,
+                                                      versions, inputs))
+                    cell.labels.setdefault(attack.label)
     return _dependency_order(list(cells.values()))
 
 
@@ -373,8 +378,9 @@ def memberships(cells: list[Cell], resolved: Resolved):
     by_label = {a.label: a for a in resolved.attacks}
     for cell in cells:
         if cell.kind == "attack":
-            for suite, label in by_label[cell.attack].suites:
-                yield cell.key, suite, label
+            for config_label in cell.labels or [cell.attack]:
+                for suite, label in by_label[config_label].suites:
+                    yield cell.key, suite, label
 
 
 def _scale(sc: Scenario, facts: dict, attack: AttackConfig, replicate: list[str]) -> dict:

@@ -77,12 +77,14 @@ class ReferenceStart:
 
     `source` says what the attack is handed: "fresh" a new model of the scenario's architecture, "original"
     the unprotected pretrained model, "none" no model at all (the attack trains something of its own, as
-    a distillation student without a teacher).
+    a distillation student without a teacher). `ignores` names attack parameters the attack does not read from
+    this start: its cells are keyed without them, so configurations that differ only there share one cell.
     """
 
     name: str
     source: str
     description: str = ""
+    ignores: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.name or self.name.startswith("defense:") or "/" in self.name:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import sqlite3
+import textwrap
 import types
 
 import pytest
 import torch
+import yaml
 
 from harness import Param, ReferenceStart, hookimpl
 from harness.cells import Runtime
-from harness.config import load_experiment
+from harness.config import load_experiment, parse_experiment
 from harness.engine.oracle import QueryBudgetExceeded, make_oracle
 from harness.plugins import PluginError, Registry, registry
 from harness.registry import ORIGINAL, ConfigError
-from harness.runner import run
+from harness.runner import plan_cells, run
 from harness.testing import check_plugin, seeded_model, tiny_context
 from tests.conftest import TINY_EXPERIMENT
 
@@ -70,6 +72,20 @@ def test_an_attack_family_declares_its_own_reference_start(plugins, write_experi
     starts = {s for (s,) in rows(results, "SELECT start FROM cells WHERE kind = 'attack'")}
     assert starts == {"original", "no-teacher", "defense:none"}  # no scratch: this family does not declare it
     assert sum(teacher is None for teacher in handed["starts"]) == 1  # the no-teacher start is handed no model
+
+
+def test_a_start_that_ignores_parameters_shares_one_cell_across_them(plugins, tmp_path):
+    """Configs differing only in what a start ignores are one cell from it, and distinct cells from the others."""
+    knob = Param("knob", "float", 1.0)
+    plugins("register_attacks", "attack", "test-student", lambda ctx, m: m, params=[knob],
+            starts=[ORIGINAL, ReferenceStart("no-teacher", "none", "labels alone", ignores=("knob",))])
+    data = yaml.safe_load(textwrap.dedent(attack_only("test-student", "{knob: [1.0, 2.0, 4.0]}")))
+    runtime = Runtime(root=str(tmp_path), device="cpu", cache_dir=str(tmp_path / "cache"))
+    cells = [c for c in plan_cells(parse_experiment(data), runtime, registry())[1] if c.kind == "attack"]
+    per_start = {start: len({c.key for c in cells if c.start == start}) for start in {c.start for c in cells}}
+    assert per_start == {"original": 3, "defense:none": 3, "no-teacher": 1}
+    [lone] = [c for c in cells if c.start == "no-teacher"]
+    assert "knob" not in lone.config["attack"]["params"]
 
 
 def test_baselines_pick_among_declared_starts(plugins, write_experiment, tmp_path):

@@ -193,9 +193,13 @@ def test_a_grid_distils_from_the_nasty_teacher_the_normal_teacher_and_no_teacher
     with sqlite3.connect(tmp_path / "r" / "results.sqlite") as db:
         cells = db.execute("SELECT start, attack, status FROM cells WHERE kind = 'attack'").fetchall()
         queries = db.execute("SELECT DISTINCT x FROM points WHERE x_unit = 'queries'").fetchall()
-    assert {(start, attack) for start, attack, _ in cells} == {
-        (start, attack) for start in ("defense:nasty-teacher", "original", "no-teacher")
-        for attack in ("distill tau=1", "distill tau=20", "hard")}
+        listed = db.execute("SELECT m.label FROM memberships m JOIN cells c ON c.key = m.key "
+                            "WHERE c.start = 'no-teacher'").fetchall()
+    labels = {"distill tau=1", "distill tau=20", "hard"}
+    assert {(start, attack) for start, attack, _ in cells if start != "no-teacher"} == {
+        (start, attack) for start in ("defense:nasty-teacher", "original") for attack in labels}
+    # the no-teacher student reads none of the KD settings: one cell, listed under every label
+    assert len([start for start, *_ in cells if start == "no-teacher"]) == 1 and {l for (l,) in listed} == labels
     assert {status for *_, status in cells} == {"done"} and queries == [(400.0,)]
     board = build_leaderboard(tmp_path / "r")
     gaps = board.per_seed[board.per_seed.metric == "gap vs no-teacher"]
