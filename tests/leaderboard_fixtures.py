@@ -104,7 +104,7 @@ def stored_points(root: Path) -> list[dict]:
     with sqlite3.connect(Path(root) / "results.sqlite") as db:
         db.row_factory = sqlite3.Row
         return [dict(r) for r in db.execute(
-            "SELECT c.start, c.attack, c.seed, c.config_json, m.suite, m.label, p.x, p.x_unit, p.metric, p.value "
+            "SELECT c.scenario, c.start, c.attack, c.seed, c.config_json, m.suite, m.label, p.x, p.x_unit, p.metric, p.value "
             "FROM points p JOIN cells c ON c.key = p.key JOIN memberships m ON m.key = c.key "
             "WHERE c.kind = 'attack' AND c.status IN ('done', 'diverged')")]
 

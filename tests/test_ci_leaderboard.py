@@ -36,18 +36,18 @@ def test_every_planned_cell_finished(root):
 
 def test_leaderboard_files_match_the_store(root):
     rows = list(csv.DictReader((root / "leaderboard.csv").open(encoding="utf-8")))
-    written = {(r["suite"], r["start"], r["attack"], r["metric"]): r for r in rows}
+    written = {(r["scenario"], r["suite"], r["start"], r["attack"], r["metric"]): r for r in rows}
     curves = defaultdict(dict)
     for p in stored_points(root):
         if p["x_unit"] == "epoch" and p["metric"] == "restricted/accuracy":
-            curves[(p["suite"], p["label"], p["start"], p["seed"])][p["x"]] = p["value"]
+            curves[(p["scenario"], p["suite"], p["label"], p["start"], p["seed"])][p["x"]] = p["value"]
     assert len(curves) >= 40
     by_config = defaultdict(list)
-    for (suite, label, start, _seed), curve in curves.items():
+    for (scenario, suite, label, start, _seed), curve in curves.items():
         for t in sorted(curve):
-            by_config[(suite, start, label, f"score@{t:g}")].append(curve[t])
+            by_config[(scenario, suite, start, label, f"score@{t:g}")].append(curve[t])
     shown = [key for key in by_config if key in written]  # score@t for the t the leaderboard shows
-    assert {key[3] for key in shown} == {"score@0", "score@1", "score@3"}
+    assert {key[4] for key in shown} == {"score@0", "score@1", "score@3"}
     for key in shown:
         values = by_config[key]
         assert float(written[key]["mean"]) == pytest.approx(sum(values) / len(values)), key
