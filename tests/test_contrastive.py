@@ -84,7 +84,8 @@ def test_simclr_needs_a_task_whose_models_have_a_representation(write_experiment
 
 def pretrain_cell(resolved):
     facts = {"original_fingerprint": "o", "restricted_fingerprint": "r", "split_manifest": "m", "original_train": 1,
-             "defender_train": 1, "adversary_train": 1, "restricted_test": 1, "num_classes": 10}
+             "original_val": 1, "defender_train": 1, "adversary_train": 1, "adversary_val": 1, "restricted_test": 1,
+             "num_classes": 10}
     return next(c for c in build_cells(resolved, {"digits-to-digits": facts}) if c.kind == "pretrain")
 
 
