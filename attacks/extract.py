@@ -234,7 +234,8 @@ VICTIM_MEASURES = [Measure("victim_accuracy", higher_is_better=True, display="pe
 @hookimpl
 def register_attacks(register):
     register("extract", factory="attacks.extract:steal", version="1", access="black-box", starts=[ORIGINAL],
-             measures=[PROBE_ACCURACY, *VICTIM_MEASURES], score_victim="attacks.extract:score_victim", tasks=["classification"],
+             measures=[PROBE_ACCURACY, *VICTIM_MEASURES], score_victim="attacks.extract:score_victim",
+             tasks=["classification"],
              tiny_params={"queries": 60, "epochs": 2, "probe_epochs": 2},
              description="Steal a copy through the victim's API with the adversary's unlabelled images, at a "
                          "query budget (a list of budgets is a ladder)",
