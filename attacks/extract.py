@@ -21,7 +21,6 @@ from harness.registry import ORIGINAL
 
 LOGIT_LOSSES = ("mse", "kl")
 REPRESENTATION_LOSSES = ("mse", "infonce", "softnn", "wasserstein")
-INFONCE_TEMPERATURE = 0.07  # [ref]
 SOFTNN_TEMPERATURE = 100.0  # [ref]
 WASSERSTEIN_EPSILON = 1e-14  # [ref]
 QUERY_CHUNK = 256  # images per oracle call (every image counts; the chunk only bounds memory)
@@ -56,19 +55,6 @@ def logit_kl(logits, victim_logits):
                     reduction="batchmean")
 
 
-def infonce_loss(f, v, temperature: float = INFONCE_TEMPERATURE):
-    """Rows of [f; v] L2-normalised; each row's positive is its partner, the other 2B − 2 rows negatives."""
-    import torch
-    import torch.nn.functional as F
-
-    rows = F.normalize(torch.cat([f, v]), dim=1)
-    similarity = rows @ rows.T / temperature
-    n = len(f)
-    similarity = similarity.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=f.device), float("-inf"))
-    partners = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(f.device)
-    return F.cross_entropy(similarity, partners)
-
-
 def softnn_loss(f, v, temperature: float = SOFTNN_TEMPERATURE):
     """Soft nearest-neighbour loss: each pair (f_i, v_i) is a class; squared distances in float64.
 
@@ -101,8 +87,13 @@ def wasserstein_loss(f, v, epsilon: float = WASSERSTEIN_EPSILON):
     return (f.cumsum(dim=1) - v.cumsum(dim=1)).abs().sum(dim=1).mean()
 
 
-REPRESENTATION_LOSS = {"mse": mse_loss, "infonce": infonce_loss, "softnn": softnn_loss,
-                       "wasserstein": wasserstein_loss}
+def representation_loss(name: str):
+    """The §7.2 stealing loss `name` (InfoNCE is shared with SimCLR pretraining: harness.engine.contrastive)."""
+    if name == "infonce":
+        from harness.engine.contrastive import infonce_loss
+
+        return infonce_loss
+    return {"mse": mse_loss, "softnn": softnn_loss, "wasserstein": wasserstein_loss}[name]
 
 
 def classifier_loss(api: str, logit_loss: str):
@@ -114,23 +105,12 @@ def classifier_loss(api: str, logit_loss: str):
     return mse_loss if logit_loss == "mse" else logit_kl
 
 
-# -- the copy's own representation -----------------------------------------------------------------------
-
-def representation(model, x):
-    """The output of `model.feature_path` for `x`, flattened (what the victim's representation API answers)."""
-    captured = []
-    handle = model.get_submodule(model.feature_path).register_forward_hook(lambda m, i, out: captured.append(out))
-    try:
-        model(x)
-    finally:
-        handle.remove()
-    return captured[-1].float().flatten(1)
-
-
 def objective_for(api: str, params: dict):
     """objective(model, x, answers) -> loss for train_epochs (answers ride in the split's `y`)."""
     if api == "representation":
-        loss = REPRESENTATION_LOSS[params["representation_loss"]]
+        from harness.engine.contrastive import representation
+
+        loss = representation_loss(params["representation_loss"])
         return lambda model, x, v: loss(representation(model, x), v)
     loss = classifier_loss(api, params["logit_loss"])
     return lambda model, x, v: loss(model(x).float(), v)
@@ -166,6 +146,7 @@ def probe_accuracy(ctx, encoder) -> float:
     labelled data, and return its accuracy on the restricted test set."""
     import torch
 
+    from harness.engine.contrastive import representation
     from harness.engine.data import Split
     from harness.engine.train import cross_entropy_objective, evaluate, evaluating, make_optimizer, train_epochs
 
@@ -180,6 +161,14 @@ def probe_accuracy(ctx, encoder) -> float:
     train_epochs(linear, train, optimizer, objective=cross_entropy_objective, epochs=p["probe_epochs"],
                  batch_size=p["probe_batch_size"], generator=ctx.generator("extract/probe"), drop_last=False)
     return evaluate(linear, test)[0]
+
+
+def score_victim(ctx, victim, *, api: str) -> dict[str, float]:
+    """The victim's own restricted score, by the protocol that scores its copies (the runner calls this with the
+    weights before the attack gets its oracle, and records it as `restricted/victim_<measure>`)."""
+    if api == "representation":
+        return {"probe_accuracy": probe_accuracy(ctx, victim)}
+    return {ctx.task.score.name: ctx.score(victim, ctx.restricted_test)}
 
 
 # -- the attack ------------------------------------------------------------------------------------------
@@ -236,12 +225,17 @@ SUITE_LOSSES = ("mse", "infonce", "softnn")
 
 PROBE_ACCURACY = Measure("probe_accuracy", higher_is_better=True, display="percent",
                          description="accuracy of a linear probe on the frozen model's representation (§7.4)")
+VICTIM_MEASURES = [Measure("victim_accuracy", higher_is_better=True, display="percent",
+                           description="the victim's own test accuracy (what its copies are compared with)"),
+                   Measure("victim_probe_accuracy", higher_is_better=True, display="percent",
+                           description="the victim encoder's own linear-probe accuracy, same probe as its copies'")]
 
 
 @hookimpl
 def register_attacks(register):
     register("extract", factory="attacks.extract:steal", version="1", access="black-box", starts=[ORIGINAL],
-             measures=[PROBE_ACCURACY], tasks=["classification"],
+             measures=[PROBE_ACCURACY, *VICTIM_MEASURES], score_victim="attacks.extract:score_victim",
+             tasks=["classification"],
              tiny_params={"queries": 60, "epochs": 2, "probe_epochs": 2},
              description="Steal a copy through the victim's API with the adversary's unlabelled images, at a "
                          "query budget (a list of budgets is a ladder)",

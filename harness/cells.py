@@ -148,20 +148,34 @@ def _context(cell: Cell, runtime: Runtime, data: ScenarioData, recorder, *, seed
 
 def _pretrain(ctx, settings: dict):
     """The unprotected original: the architecture trained on the original domain with the task's pretraining
-    objective (docs/algorithms.md §9)."""
+    objective (docs/algorithms.md §9), or self-supervised with SimCLR (`objective: simclr`, docs/extraction.md)."""
     from harness.engine.train import make_optimizer, train_epochs
 
     model = ctx.build_model()
-    optimizer = make_optimizer(settings["optimizer"], model.parameters(), settings["lr"], settings["weight_decay"])
+    objective, extra = _pretrain_objective(ctx, model, settings)
+    optimizer = make_optimizer(settings["optimizer"], [*model.parameters(), *extra], settings["lr"],
+                               settings["weight_decay"])
 
     def after_epoch(epoch, steps):
         ctx.record(model, on="original", epoch=epoch)
 
     ctx.record(model, on="original", epoch=0)
-    train_epochs(model, ctx.original_train, optimizer, objective=ctx.task.pretrain_objective(ctx.generator("pretrain")),
+    train_epochs(model, ctx.original_train, optimizer, objective=objective,
                  epochs=settings["epochs"], batch_size=settings["batch_size"],
                  generator=ctx.generator("pretrain-batches"), precision=ctx.precision, after_epoch=after_epoch)
     return model
+
+
+def _pretrain_objective(ctx, model, settings: dict):
+    """(objective, the extra parameters it trains): the task's own, or SimCLR's InfoNCE through a projection head
+    that is trained alongside and not saved."""
+    if settings.get("objective", "task") == "task":
+        return ctx.task.pretrain_objective(ctx.generator("pretrain")), []
+    from harness.engine.contrastive import projection_head, simclr_objective
+
+    simclr = dict(settings["simclr"])
+    head = projection_head(model, ctx.original_train.x, simclr.pop("projection_dim"))
+    return simclr_objective(head, ctx.generator("pretrain"), **simclr), list(head.parameters())
 
 
 def _load_input(store: Store, key: str, model):
@@ -208,12 +222,28 @@ def _run(cell: Cell, runtime: Runtime, store: Store, recorder) -> list[Path]:
             model = _load_input(store, cell.deps[0], model)
         if model is not None:
             ctx.record(model, on="original", epoch=0)  # intactness: the start as released, before any attack step
-        handed = _oracle(cell, ctx, model) if spec.access == "black-box" and model is not None else model
+        black_box = spec.access == "black-box" and model is not None
+        if black_box:
+            _score_victim(cell, ctx, spec, model)
+        handed = _oracle(cell, ctx, model) if black_box else model
         attacked = spec.load()(ctx, handed)
         shown = attacked if attacked is not None and attacked is not handed else model
         return _save_pictures(ctx, shown, store.artifact_dir(cell.key)) if shown is not None else []
     return [save_model(model, store.artifact_dir(cell.key) / "model.safetensors",
                        metadata={"cell": cell.key, "kind": cell.kind})]
+
+
+def _score_victim(cell: Cell, ctx, spec, model) -> None:
+    """The victim's own restricted score, before its black-box attacker gets the oracle: the attack's registered
+    `score_victim(ctx, victim, *, api) -> {measure: value}`, recorded as `restricted/victim_<measure>` at epoch 0,
+    so each copy is compared with its victim by the same protocol (docs/starts-and-access.md)."""
+    from harness.registry import load_reference
+
+    reference = spec.extra.get("score_victim")
+    if reference is None:
+        return
+    for name, value in load_reference(reference)(ctx, model, api=cell.config["scenario"]["api"]).items():
+        ctx.recorder.point(0, "epoch", f"restricted/victim_{name}", value)
 
 
 def _oracle(cell: Cell, ctx, model):

@@ -63,15 +63,41 @@ class TaskRef(Strict):
         return {"name": value} if isinstance(value, str) else value
 
 
-class PretrainSettings(Strict):
-    """How the unprotected original is trained on the original domain (docs/algorithms.md §9)."""
+class SimCLRSettings(Strict):
+    """The `simclr` pretraining objective's knobs (docs/extraction.md)."""
 
+    temperature: Float = Field(0.5, gt=0)
+    min_crop: Float = Field(0.5, gt=0, le=1)  # smallest share of the image area a random crop keeps
+    flip: bool = True
+    noise_std: Float = Field(0.1, ge=0)  # Gaussian pixel noise, in normalised units
+    projection_dim: Int = Field(64, ge=1, le=rules.MAX_BATCH)
+
+
+class PretrainSettings(Strict):
+    """How the unprotected original is trained on the original domain (docs/algorithms.md §9): with the task's
+    own pretraining objective, or self-supervised (`objective: simclr`, labels unused)."""
+
+    objective: Literal["task", "simclr"] = "task"
+    simclr: SimCLRSettings | None = None
     epochs: Int = Field(20, ge=1, le=rules.MAX_EPOCHS)
     optimizer: str = "adam"
     lr: Float = Field(1e-3, gt=0)
     weight_decay: Float = Field(0.0, ge=0)
     batch_size: Int = Field(64, ge=1, le=rules.MAX_BATCH)
     seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _objective_settings(self):
+        if self.simclr is not None and self.objective != "simclr":
+            raise ValueError("'simclr' sets the simclr objective's knobs; it needs objective: simclr")
+        return self
+
+    def cell_settings(self) -> dict:
+        """What the pretrain cell is keyed and seeded by. The task objective's cell holds only the classic fields,
+        so its key and seed (and curves) are those of stores written before objectives were selectable."""
+        if self.objective == "task":
+            return self.model_dump(exclude={"objective", "simclr"})
+        return {**self.model_dump(exclude={"simclr"}), "simclr": (self.simclr or SimCLRSettings()).model_dump()}
 
 
 class Scenario(Strict):

@@ -237,6 +237,10 @@ def _resolve(experiment: Experiment, registry) -> Resolved:
                 raise ConfigError(problem, where=f"scenarios[{i}].{role}.params")
         arch = _serving(registry.get("architecture", sc.architecture.name, where=f"scenarios[{i}].architecture.name"),
                         task, f"scenarios[{i}].architecture.name")
+        if sc.pretrain.objective == "simclr" and not task.extra.get("head", True):
+            raise ConfigError(f"objective simclr trains a representation (the model's feature_path), which models of "
+                              f"the {task.name!r} task do not declare; use objective: task",
+                              where=f"scenarios[{i}].pretrain.objective")
         if sc.pretrain.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {sc.pretrain.optimizer!r}{did_you_mean(sc.pretrain.optimizer, OPTIMIZERS)}",
                               where=f"scenarios[{i}].pretrain.optimizer")
@@ -319,7 +323,7 @@ def build_cells(resolved: Resolved, data_facts: dict[str, dict], precision: str 
             pretrain_seed = stage_seed(exp, "pretrain", sc.pretrain.seed, seed)
             pretrain_config = {"scenario": rs.pretrain_config(), "precision": precision,
                                "data": {k: facts[k] for k in PRETRAIN_FACTS},
-                               "pretrain": {**sc.pretrain.model_dump(), "seed": pretrain_seed}}
+                               "pretrain": {**sc.pretrain.cell_settings(), "seed": pretrain_seed}}
             pretrain = Cell(content_key({"kind": "pretrain", **pretrain_config, "versions": pretrain_versions}),
                             "pretrain", sc.name, "original", "", pretrain_seed, pretrain_config, pretrain_versions)
             cells.setdefault(pretrain.key, pretrain)

@@ -163,3 +163,50 @@ def build_denoising_store(root: Path) -> Path:
     store.replace_memberships(members)
     store.close()
     return root
+
+
+# Query ladders: scenario "steal" (a classifier copy, restricted/accuracy) stolen at budgets 100 and 400 from the
+# original and defense:noise, seeds 0 and 1; scenario "steal-enc" (an encoder copy, restricted/probe_accuracy only)
+# at budget 50. Each cell also records the victim's own score (restricted/victim_<measure>, as the runner does).
+STEAL, STEAL_ENCODER = "steal", "steal-enc"
+COPY = {("original", 100): {0: 0.60, 1: 0.64}, ("original", 400): {0: 0.80, 1: 0.84},
+        ("defense", 100): {0: 0.20, 1: 0.30}, ("defense", 400): {0: 0.25, 1: 0.35}}
+VICTIM = {("original", 100): {0: 0.90, 1: 0.88}, ("original", 400): {0: 0.92, 1: 0.88},  # probes differ per cell
+          ("defense", 100): {0: 0.89, 1: 0.87}, ("defense", 400): {0: 0.89, 1: 0.87}}
+SPENT = {("defense", 400, 1): 300}  # the adversary's images ran out: 300 of the 400 queries were spent
+ENCODER_COPY, ENCODER_VICTIM = {0: 0.50, 1: 0.70}, {0: 0.80, 1: 0.82}
+
+
+def build_query_store(root: Path) -> Path:
+    """Write both ladders into `root` (results directory): the extract attack's labels, as a list of budgets names
+    its cells ("extract queries=100"), in suite "steal"."""
+    store = Store(root)
+    members = []
+    for (kind, budget), per_seed in COPY.items():
+        start = "defense:noise" if kind == "defense" else kind
+        for seed, accuracy in per_seed.items():
+            key, label = f"steal-{kind}-{budget}-{seed}", f"extract queries={budget}"
+            spent = SPENT.get((kind, budget, seed), budget)
+            points = [(0, "epoch", "original/accuracy", 0.9), (0, "epoch", "restricted/accuracy", 0.1),
+                      (2, "epoch", "restricted/accuracy", accuracy),
+                      (spent, "queries", "restricted/accuracy", accuracy), (spent, "queries", "restricted/loss", 2 - accuracy),
+                      (0, "epoch", "restricted/victim_accuracy", VICTIM[(kind, budget)][seed])]
+            _add(store, key, "attack", start, label, seed, _extract_config(STEAL, budget, kind), points, "done",
+                 scenario=STEAL)
+            members.append((key, "steal", label))
+    for seed, accuracy in ENCODER_COPY.items():
+        key = f"steal-enc-{seed}"
+        points = [(0, "epoch", "original/accuracy", 0.1), (2, "epoch", "restricted/probe_accuracy", accuracy),
+                  (50, "queries", "restricted/probe_accuracy", accuracy),
+                  (0, "epoch", "restricted/victim_probe_accuracy", ENCODER_VICTIM[seed])]
+        _add(store, key, "attack", "original", "extract", seed, _extract_config(STEAL_ENCODER, 50, "original"),
+             points, "done", scenario=STEAL_ENCODER)
+        members.append((key, "steal", "extract"))
+    store.replace_memberships(members)
+    store.close()
+    return root
+
+
+def _extract_config(scenario: str, budget: int, kind: str) -> dict:
+    return {"scenario": {"name": scenario}, "attack": {"plugin": "extract", "params": {"queries": budget, "epochs": 2}},
+            "defense": {"plugin": "output-noise", "params": {}} if kind == "defense" else None}

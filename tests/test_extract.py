@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from attacks.extract import (infonce_loss, label_cross_entropy, logit_kl, mse_loss, soft_cross_entropy, softnn_loss,
-                             steal, wasserstein_loss)
+from attacks.extract import (label_cross_entropy, logit_kl, mse_loss, soft_cross_entropy, softnn_loss, steal,
+                             wasserstein_loss)
+from harness.engine.contrastive import infonce_loss
 from harness.engine.oracle import Oracle, make_oracle
 from harness.testing import check_plugin, seeded_model, tiny_context
 from tests.conftest import TINY_EXPERIMENT

@@ -36,6 +36,7 @@ class Curves:
     epochs: pd.DataFrame  # key, epoch, value: on the attack's epoch grid, carried forward after a divergence
     steps: pd.DataFrame  # key, step, value
     original: pd.DataFrame  # key, value: original-domain score at epoch 0
+    queries: pd.DataFrame  # key, budget, spent, copy_measure, value, victim: a stolen copy's score at its budget
     points: pd.DataFrame  # key, x, x_unit, metric, value: every stored point, for metrics needing other measures
     measures: dict[str, Measure]  # scenario -> its score measure
     failed: pd.DataFrame  # kind, scenario, suite (None = every suite), attack, start, seed: failed cells
@@ -50,6 +51,18 @@ class Curves:
 
     def by_step(self) -> pd.DataFrame:
         return self.cells.merge(self.steps, on="key")
+
+    def by_queries(self) -> pd.DataFrame:
+        """The cells scored against a query budget, each with its `ladder`: the label without `queries=<budget>`,
+        so one attack config's cells at every budget of a list line up."""
+        out = self.cells.merge(self.queries, on="key")
+        return out.assign(ladder=[ladder_label(label, budget) for label, budget in zip(out.attack, out.budget)])
+
+
+def ladder_label(label: str, budget: float) -> str:
+    """An attack label without the `queries=<budget>` part that a list of budgets adds to it."""
+    kept = [part for part in label.split(" ") if part != f"queries={budget:g}"]
+    return " ".join(kept) or label
 
 
 def load_curves(results_dir: str | Path, suites: list[str] | None = None,
@@ -89,11 +102,13 @@ def load_curves(results_dir: str | Path, suites: list[str] | None = None,
     measures = _score_measures(cells, registry or default_registry(), path)
     cells["measure"] = cells.scenario.map({scenario: m.name for scenario, m in measures.items()})
     per_epoch = points[(points.x_unit == "epoch")].merge(cells[["key", "measure"]].drop_duplicates("key"), on="key")
-    scored = set(per_epoch.key[per_epoch.metric == "restricted/" + per_epoch.measure])
+    queries = _query_scores(points, cells.drop_duplicates("key"))
+    scored = set(per_epoch.key[per_epoch.metric == "restricted/" + per_epoch.measure]) | set(queries.key)
     cells = cells[cells.scenario.isin(set(cells.scenario[cells.key.isin(scored)]))]
     if cells.empty:
         wanted = ", ".join(sorted({"restricted/" + m.name for m in measures.values()}))
-        raise ConfigError(f"{path}: no attack cell recorded its task's score per epoch ({wanted})")
+        raise ConfigError(f"{path}: no attack cell recorded its task's score per epoch ({wanted}) or a restricted "
+                          "score against queries")
     cells["sign"] = cells.scenario.map({scenario: m.sign for scenario, m in measures.items()})
     cells["seed"] = cells.seed.astype(int)
     cells = cells.sort_values(["scenario", "rank"], kind="stable").drop(columns=["config_json", "member_rank"])
@@ -107,9 +122,32 @@ def load_curves(results_dir: str | Path, suites: list[str] | None = None,
                   epochs=_carry_forward(score[score.x_unit == "epoch"]),
                   steps=steps.rename(columns={"x": "step"})[["key", "step", "value"]],
                   original=original[["key", "value"]].dropna(),
+                  queries=queries[queries.key.isin(unique.key)].reset_index(drop=True),
                   points=points[points.key.isin(unique.key)].reset_index(drop=True),
                   measures={s: m for s, m in measures.items() if s in set(cells.scenario)},
                   failed=failed)
+
+
+def _query_scores(points: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """Per cell that recorded a restricted measure against `queries` (a black-box copy): its budget (the attack's
+    `queries` parameter), the queries it spent, the measure (the scenario's score when recorded, else the first
+    other by name: an encoder copy's probe_accuracy), its value there, and the victim's own value of that measure
+    (`restricted/victim_<measure>`, recorded by the runner; NaN when absent)."""
+    against = points[(points.x_unit == "queries") & points.metric.str.startswith("restricted/")]
+    against = against.merge(cells[["key", "measure", "config"]], on="key")
+    if against.empty:
+        return pd.DataFrame(columns=["key", "budget", "spent", "copy_measure", "value", "victim"])
+    against = against.assign(name=against.metric.str.removeprefix("restricted/"))
+    against = against.assign(rank=(against.name != against.measure).astype(int))
+    out = against.sort_values(["key", "rank", "name", "x"], ascending=[True, True, True, False]).drop_duplicates("key")
+    out = out.assign(spent=out.x,
+                     budget=[float((c.get("attack") or {}).get("params", {}).get("queries", x))
+                             for c, x in zip(out.config, out.x)])
+    victims = points[points.metric.str.startswith("restricted/victim_")]
+    victims = victims.assign(name=victims.metric.str.removeprefix("restricted/victim_"))
+    victims = victims.groupby(["key", "name"], as_index=False).value.mean().rename(columns={"value": "victim"})
+    out = out.merge(victims, on=["key", "name"], how="left").rename(columns={"name": "copy_measure"})
+    return out[["key", "budget", "spent", "copy_measure", "value", "victim"]].reset_index(drop=True)
 
 
 def _failed_cells(db) -> pd.DataFrame:

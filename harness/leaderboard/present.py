@@ -65,6 +65,7 @@ class Section(ScoreUnits):
     score: Measure
     starts: list[str]
     attacks: list[str]
+    query_ladders: list[str]  # query ladders (black-box attack configs at a list of budgets): the query table's rows
     seeds: list[int]
     threats: list[str]
     scales: list[str]
@@ -87,32 +88,51 @@ class Section(ScoreUnits):
         """What the numbers are and which way is better, in one line."""
         what = f"restricted-domain {self.measure}" + (" in %" if self.percent else "")
         better = "higher" if self.score.higher_is_better else "lower"
-        seeds = ", ".join(map(str, self.seeds))
-        spread = f"mean ± std over {len(self.seeds)} seeds ({seeds})" if len(self.seeds) > 1 else f"1 seed ({seeds})"
         points = "; drop in points" if self.percent else ""
-        return (f"Scores are {what} ({better} is better), {spread}{points}; "
+        return (f"Scores are {what} ({better} is better), {self._spread}{points}; "
                 f"R = 0: no protection, 1: as hard as scratch. {self.directions}").rstrip()
 
     @property
     def directions(self) -> str:
         """Which columns are better high or low for the defense, in one line ('' when none declares a direction)."""
-        columns = self.rows.drop_duplicates("metric")
-        parts = [f"{way} {', '.join(columns.metric[columns.better == way])}" for way in ("higher", "lower")
-                 if (columns.better == way).any()]
-        return f"Better for the defense: {'; '.join(parts)}." if parts else ""
+        return _directions(self.rows[~self.rows.attack.isin(self.query_ladders)])
 
     def matrix(self, per_attack: bool) -> Matrix:
-        rows = self.rows[(self.rows.attack != "") == per_attack]
+        """The table over the suite (one row per start) or per attack (a query ladder's rows are in `queries`)."""
+        if per_attack:
+            return self._matrix([attack for attack in self.attacks if attack not in self.query_ladders])
+        return self._matrix([""])
+
+    def queries(self) -> Matrix:
+        """The query table: per ladder and start, the victim's own score and the copy's at each budget."""
+        return self._matrix(self.query_ladders)
+
+    @property
+    def queries_legend(self) -> str:
+        """What the query table shows, in one line."""
+        rows = self.rows[self.rows.attack.isin(self.query_ladders)]
+        return (f"One row per query ladder (a black-box attack config at every budget of its list) and start, in "
+                f"restricted-domain {self.measure} unless a note names another measure; {self._spread}. "
+                f"{_directions(rows)}").rstrip()
+
+    @property
+    def _spread(self) -> str:
+        seeds = ", ".join(map(str, self.seeds))
+        return f"mean ± std over {len(self.seeds)} seeds ({seeds})" if len(self.seeds) > 1 else f"1 seed ({seeds})"
+
+    def _matrix(self, attacks: list[str]) -> Matrix:
+        """Rows of `attacks` ("" = over the suite) by start, with every metric they fill as a column."""
+        rows = self.rows[self.rows.attack.isin(attacks)]
         columns = list(dict.fromkeys(rows.metric))
         records = {(r["attack"], r["start"], r["metric"]): r for r in rows.to_dict("records")}
         out = []
-        for attack in (self.attacks if per_attack else [""]):
+        for attack in attacks:
             for start in self.starts:
                 cells = [records.get((attack, start, metric)) for metric in columns]
                 if any(cells):
-                    out.append(([attack, start] if per_attack else [start], cells))
+                    out.append(([attack, start] if attack else [start], cells))
         better = dict(zip(rows.metric, rows.better))
-        return Matrix(["attack", "start"] if per_attack else ["start"], columns, out, better)
+        return Matrix(["attack", "start"] if attacks != [""] else ["start"], columns, out, better)
 
     def plugins(self) -> list[tuple[str, dict]]:
         """(what, plugin) for the section's attacks and defenses, as their configs used them."""
@@ -129,6 +149,13 @@ class Section(ScoreUnits):
                          for attack, start, seed in self.diverged] + [
             (" · ".join(part for part in (attack, start) if part), _failure_note(kind, seed))
             for kind, attack, start, seed in self.failed]
+
+
+def _directions(rows: pd.DataFrame) -> str:
+    columns = rows.drop_duplicates("metric")
+    parts = [f"{way} {', '.join(columns.metric[columns.better == way])}" for way in ("higher", "lower")
+             if (columns.better == way).any()]
+    return f"Better for the defense: {'; '.join(parts)}." if parts else ""
 
 
 def _failure_note(kind: str, seed: int) -> str:
@@ -156,12 +183,15 @@ def _describe(config: dict | None, kind: str, registry: Registry) -> dict:
 def sections(curves: Curves, table: pd.DataFrame, registry: Registry) -> list[Section]:
     """One section per scenario × suite, scenarios by name, suites in plan order."""
     out = []
+    ladders = curves.by_queries()
     for (scenario, suite), cells in curves.cells.groupby(["scenario", "suite"], sort=False):
         configs = cells.drop_duplicates("key").config
+        laddered = ladders[(ladders.scenario == scenario) & (ladders.suite == suite)]
         out.append(Section(
             scenario=scenario, suite=suite, score=curves.measures[scenario],
             starts=sorted(set(cells.start), key=start_order),
             attacks=list(dict.fromkeys(cells.attack)),
+            query_ladders=list(dict.fromkeys(laddered.sort_values("rank", kind="stable").ladder)),
             seeds=sorted(set(cells.seed)),
             threats=sorted({str(c.get("threat", "")) for c in configs} - {""}),
             scales=[s for s in dict.fromkeys(", ".join(f"{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}"

@@ -106,6 +106,7 @@ def _section(index: int, section: Section, figures: list, pictures: str) -> str:
             f'<p class="legend">{escape(section.legend)}</p>'
             f'<h3>Over the suite</h3>{_table(section.matrix(False), section, f"s{index}-suite")}'
             f'<h3>Per attack</h3>{_table(section.matrix(True), section, f"s{index}-attacks")}'
+            f'{_queries(index, section)}'
             + (f'<details class="notes" open><summary>Notes</summary><ul>{notes}</ul></details>' if notes else "")
             + f'<h3>Plugins</h3><dl>{plugins}</dl><div class="plots">{images}</div>{pictures}</section>\n')
 
@@ -160,6 +161,14 @@ def _shown_width(png: bytes) -> int:
 def _plugin(plugin: dict) -> str:
     params = json.dumps(plugin["params"], sort_keys=True)
     return f"<code>{escape(plugin['plugin'])}</code> <code>{escape(params)}</code> — {escape(plugin['description'])}"
+
+
+def _queries(index: int, section: Section) -> str:
+    """The query table, when a black-box attack ran a ladder of budgets."""
+    if not section.query_ladders:
+        return ""
+    return (f'<h3>Against queries</h3><p class="legend">{escape(section.queries_legend)}</p>'
+            f'{_table(section.queries(), section, f"s{index}-queries")}')
 
 
 def _table(matrix: Matrix, section, table_id: str) -> str:

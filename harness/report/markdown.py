@@ -1,5 +1,6 @@
 """leaderboard.md: per scenario × suite, the threat model and scale, a table over the suite (one row per start),
-a table per attack, the notes behind every n/a or censored value, the plugins used, and the PNG plots."""
+a table per attack, the query table (stolen copies against query budget, when a black-box attack ran a ladder),
+the notes behind every n/a or censored value, the plugins used, and the PNG plots."""
 
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ def _section(section: Section, figures: list) -> list[str]:
     lines += [f"**Scale.** {escape(scale)}  " for scale in section.scales]
     lines += [escape(section.legend), "", "### Over the suite", "", *_table(section.matrix(False)),
               "", "### Per attack", "", *_table(section.matrix(True)), ""]
+    if section.query_ladders:
+        lines += ["### Against queries", "", escape(section.queries_legend), "", *_table(section.queries()), ""]
     notes = section.notes()
     if notes:
         lines += ["Notes:", "", *[f"- {escape(where)}: {escape(note)}" for where, note in notes], ""]

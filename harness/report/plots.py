@@ -1,7 +1,8 @@
 """The leaderboard's figures, as PNG bytes rendered with matplotlib's Agg canvas (no pyplot, no global state).
 
 Per attack: the restricted score against attack epochs for scratch, the original and every defense, mean over
-seeds with a ± std band (the SOPHON paper's figure style). Per section: intactness against worst-case R.
+seeds with a ± std band (the SOPHON paper's figure style). Per query ladder: the stolen copy's score against the
+query budget, next to the victim's own. Per section: intactness against worst-case R.
 """
 
 from __future__ import annotations
@@ -35,11 +36,15 @@ class Plot:
 
 
 def render(board: Leaderboard) -> list[Plot]:
-    curve = board.curves.by_epoch()
+    curve, ladders = board.curves.by_epoch(), board.curves.by_queries()
     plots = []
     for section in board.sections:
         rows = curve[(curve.scenario == section.scenario) & (curve.suite == section.suite)]
-        plots += [_curves(section, attack, rows[rows.attack == attack]) for attack in section.attacks]
+        plots += [_curves(section, attack, rows[rows.attack == attack]) for attack in section.attacks
+                  if (rows.attack == attack).any()]
+        laddered = ladders[(ladders.scenario == section.scenario) & (ladders.suite == section.suite)]
+        plots += [_query_ladder(section, ladder, laddered[laddered.ladder == ladder])
+                  for ladder in section.query_ladders]
         scatter = _scatter(section)
         if scatter is not None:
             plots.append(scatter)
@@ -111,6 +116,37 @@ def _curves(section: Section, attack: str, rows) -> Plot:
     ax.legend(fontsize=7)
     caption = f"Restricted {section.measure} while attacking with {attack}: mean over seeds, band = ± std."
     return Plot(_slug(section.scenario, section.suite, "curve", attack), section.title, title, caption, _png(figure))
+
+
+def _query_ladder(section: Section, ladder: str, rows) -> Plot:
+    """A query ladder: each start's copy score against the query budget (log scale), mean ± std over seeds, and
+    the victim's own score as a dotted line of the start's colour."""
+    scale = 100 if section.percent else 1
+    copies = rows.groupby(["start", "budget"]).value.agg(["mean", "std"]) * scale
+    victims = rows.groupby(["start", "seed"]).victim.mean().groupby("start").mean() * scale
+    measure = " / ".join(dict.fromkeys(rows.copy_measure))
+    figure, ax = _figure()
+    for start in section.starts:
+        if start not in copies.index.get_level_values("start"):
+            continue
+        line, style = copies.loc[start], _style(section, start)
+        ax.errorbar(line.index, line["mean"], yerr=line["std"].fillna(0), label=_text(start), capsize=3,
+                    markersize=3, linewidth=1.4, **style)
+        if math.isfinite(victims.get(start, math.nan)):
+            ax.axhline(victims[start], color=style["color"], linestyle=":", linewidth=1)
+    title = f"{section.title} · {ladder}"
+    ax.set_title(_text(title), fontsize=9)
+    ax.set_xscale("log")
+    budgets = sorted(set(rows.budget))
+    ax.set_xticks(budgets, [f"{b:,.0f}" for b in budgets])
+    ax.minorticks_off()
+    ax.set_xlabel("query budget")
+    ax.set_ylabel(f"copy's restricted {_text(measure)}" + (" (%)" if scale == 100 else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    caption = (f"Stolen copies of each start after {ladder} at each query budget: mean over seeds, bars ± std; "
+               f"dotted: the victim's own {measure}.")
+    return Plot(_slug(section.scenario, section.suite, "queries", ladder), section.title, title, caption, _png(figure))
 
 
 def _scatter(section: Section) -> Plot | None:

@@ -21,6 +21,9 @@ def render(board: Leaderboard, console) -> None:
         console.print(Text(section.legend, style="dim"))
         for table in (_table(section.matrix(False), "over the suite"), _table(section.matrix(True), "per attack")):
             print_unwrapped(console, table)
+        if section.query_ladders:
+            console.print(Text(section.queries_legend, style="dim"))
+            print_unwrapped(console, _table(section.queries(), "against queries"))
         for where, note in section.notes():
             console.print(Text(f"  {where}: {note}", style="dim"))
     for ladder in board.budgets:

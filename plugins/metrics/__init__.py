@@ -38,6 +38,13 @@ def register_metrics(register):
     register("steps_to_scratch", factory="plugins.metrics.builtin:steps_to_scratch", version="1", order=60,
              columns=[Column("steps_to_scratch", "steps", "higher", "optimizer steps to reach scratch@best")],
              description="first optimizer step reaching scratch@best's final score; '> budget' if never")
+    register("queries", factory="plugins.metrics.builtin:copy_at_queries", version="1", order=90,
+             columns=[Column("victim", "score", "score", "the victim's own restricted score, by the protocol that "
+                                                         "scores its copies"),
+                      Column("copy@t", "score", "against-score", "the stolen copy's restricted score at a budget "
+                                                                 "of t queries")],
+             description="copy@q: a black-box attack's stolen copy at each query budget q of a ladder, next to the "
+                         "victim's own score (the query table)")
     register("worst_case", factory="plugins.metrics.builtin:worst_case", version="1", order=70, params=[MIN_GAP],
              columns=[Column("worst_case", "score", "against-score", "the attacker's best final score"),
                       Column("worst_case_R", "ratio", "higher", "the lowest R over the suite's attacks")],

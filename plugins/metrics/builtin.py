@@ -41,7 +41,8 @@ def score_at(curves: Curves, epochs: list = SHOWN_EPOCHS) -> pd.DataFrame:
     curve = curves.by_epoch()
     final = curve.epoch == curve.groupby("key").epoch.transform("max")
     shown = curve[curve.epoch.isin([float(t) for t in epochs]) | final].sort_values("epoch", kind="stable")
-    return pd.concat([emit(rows, f"score@{epoch:g}") for epoch, rows in shown.groupby("epoch")])
+    frames = [emit(rows, f"score@{epoch:g}") for epoch, rows in shown.groupby("epoch")]
+    return pd.concat(frames) if frames else emit(shown, "score@0")  # empty: only query ladders were scored
 
 
 def resistance(curves: Curves, min_gap: float = 0.02) -> pd.DataFrame:
@@ -83,7 +84,7 @@ def steps_to_scratch(curves: Curves) -> pd.DataFrame:
     out = out.merge(budget, on=["scenario", "attack_id"], how="left").merge(reached, on=CELL, how="left")
     out["censored"] = out.step.isna() & out.budget.notna() & out.target.notna()
     out["value"] = out.step.where(~out.censored, out.budget)
-    never = "not reached within " + out.budget.map(lambda b: f"{b:,.0f}") + " steps"
+    never = ["not reached within " + f"{b:,.0f}" + " steps" for b in out.budget]
     out["note"] = np.select([out.note != "", out.budget.isna(), out.censored],
                             [out.note, "no per-step curve recorded", never], "")
     return emit(out, "steps_to_scratch")
@@ -94,6 +95,8 @@ def worst_case(curves: Curves, min_gap: float = 0.02) -> pd.DataFrame:
     seed of that start. Per seed, the attacker's best final score over the set (no baselines needed), and the
     lowest R over the set's attacks where R is defined for every seed; each note lists the attacks left out and why."""
     final = curves.final()
+    if final.empty:  # no cell was scored per epoch (only query ladders): no attack set
+        return emit(final, "worst_case", suite_level=True)
     start = ["scenario", "suite", "start"]
     seeds = final.groupby(start).seed.nunique().rename("seeds").reset_index()
     runs = final.groupby(start + ["attack"]).seed.nunique().rename("runs").reset_index().merge(seeds, on=start)
@@ -124,3 +127,21 @@ def _noted(rows: pd.DataFrame, left_out: list[pd.DataFrame]) -> pd.DataFrame:
     items = pd.concat(left_out)
     notes = items.groupby(["scenario", "suite", "start"]).item.agg(lambda i: "left out: " + "; ".join(i)).to_dict()
     return rows.assign(note=[notes.get(key, "") for key in zip(rows.scenario, rows.suite, rows.start)])
+
+def copy_at_queries(curves: Curves) -> pd.DataFrame:
+    """Per query ladder (an attack config at every budget of its list) and start: `victim`, the victim's own score
+    (per seed, the mean over the ladder's cells), and `copy@q`, the stolen copy's score at budget q. A measure other
+    than the scenario's score (an encoder's probe_accuracy) and a budget not fully spent are noted."""
+    ladders = curves.by_queries()
+    if ladders.empty:
+        return pd.DataFrame(columns=CELL + ["metric", "value", "note"])
+    measured = np.where(ladders.copy_measure != ladders.measure, "restricted " + ladders.copy_measure, "")
+    short = np.where(ladders.spent < ladders.budget, "spent " + ladders.spent.map("{:,.0f}".format) + " queries: "
+                     "every image the adversary holds", "")
+    ladders = ladders.assign(attack=ladders.ladder, note=[" · ".join(p for p in parts if p)
+                                                          for parts in zip(measured, short)])
+    victims = ladders.assign(note=measured).groupby(CELL, as_index=False, sort=False).agg(
+        value=("victim", "mean"), note=("note", "first"))
+    victims["note"] = np.where(victims.value.isna(), "the attack recorded no victim score", victims.note)
+    copies = [emit(rows, f"copy@{budget:g}") for budget, rows in ladders.groupby("budget")]
+    return pd.concat([emit(victims, "victim"), *copies], ignore_index=True)
