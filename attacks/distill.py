@@ -166,7 +166,7 @@ def _kd_training_params() -> list[Param]:
 @hookimpl
 def register_attacks(register):
     register(
-        "distill", factory="attacks.distill:run", version="1", access="black-box", starts=[ORIGINAL, NO_TEACHER],
+        "distill", factory="attacks.distill:run", version="2", access="black-box", starts=[ORIGINAL, NO_TEACHER],
         description="Knowledge distillation: a student (any architecture) learns the teacher's softened logits "
                     "(or its labels) on the adversary data; from the defense, the normal teacher and no teacher",
         params=[

@@ -192,8 +192,15 @@ def _cell_seed(cell: Cell) -> int:
     from harness.engine.seeding import derive_seed
 
     what = {"pretrain": cell.config.get("pretrain"), "defend": cell.config.get("defense"),
-            "attack": {k: cell.config["attack"][k] for k in ("plugin", "params")} if cell.kind == "attack" else None}
+            "attack": _paired_attack(cell.config["attack"]) if cell.kind == "attack" else None}
     return derive_seed(cell.kind, json.dumps(what[cell.kind], sort_keys=True), cell.seed)
+
+
+def _paired_attack(attack: dict) -> dict:
+    """The attack without the parameters any of its starts ignores: a cell from such a start serves several
+    configurations (the no-teacher student, every τ of a KD grid), so it must draw what each of them draws."""
+    ignored = {name for start in _registry().get("attack", attack["plugin"]).starts for name in start.ignores}
+    return {"plugin": attack["plugin"], "params": {k: v for k, v in attack["params"].items() if k not in ignored}}
 
 
 def _run(cell: Cell, runtime: Runtime, store: Store, recorder) -> list[Path]:

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from harness import Param, ReferenceStart, hookimpl
-from harness.cells import Runtime
+from harness.cells import Runtime, _cell_seed
 from harness.config import load_experiment, parse_experiment
 from harness.engine.oracle import QueryBudgetExceeded, make_oracle
 from harness.plugins import PluginError, Registry, registry
@@ -86,6 +86,8 @@ def test_a_start_that_ignores_parameters_shares_one_cell_across_them(plugins, tm
     assert per_start == {"original": 3, "defense:none": 3, "no-teacher": 1}
     [lone] = [c for c in cells if c.start == "no-teacher"]
     assert "knob" not in lone.config["attack"]["params"]
+    # the shared cell is paired with each config it serves: one initial model and batch order per seed
+    assert {_cell_seed(c) for c in cells} == {_cell_seed(lone)}
 
 
 def test_baselines_pick_among_declared_starts(plugins, write_experiment, tmp_path):
