@@ -348,8 +348,7 @@ def build_cells(resolved: Resolved, data_facts: dict[str, dict], precision: str 
                     versions = {**(start.input.versions if start.input else base_versions),
                                 f"attack:{spec.name}": spec.cache_version}
                     inputs = [start.input.key] if start.input else []
-                    ignored = next((s.ignores for s in spec.starts if s.name == start.name), ())
-                    params = {k: v for k, v in attack.params.items() if k not in ignored}
+                    params = params_read_from(spec, start.name, attack.params)
                     config = {**common, "start": start.name, "source": start.source, "defense": start.defense,
                               "inputs": inputs,
                               "attack": {"plugin": attack.plugin, "params": params, "label": attack.label},
@@ -370,11 +369,25 @@ def _dependency_order(cells: list[Cell]) -> list[Cell]:
     return sorted(cells, key=lambda cell: KINDS.index(cell.kind))
 
 
+def params_read_from(spec: PluginSpec, start: str, params: dict) -> dict:
+    """The attack parameters a cell from `start` is keyed on: all but those that start declares it ignores."""
+    ignored = next((s.ignores for s in spec.starts if s.name == start), ())
+    return {k: v for k, v in params.items() if k not in ignored}
+
+
 def attack_runs(resolved: Resolved) -> int:
-    """How many (start, attack config) pairs a scenario runs per seed: what `validate` counts."""
+    """How many distinct attack cells a scenario runs per seed (configs that differ only in what a start
+    ignores are one cell from it): what `validate` counts."""
     starts = [Start(s.name, s.source) for s in resolved.reference_starts]
     starts += [Start(f"defense:{label}", "defense") for label, *_ in resolved.defenses]
-    return sum(start.applies_to(resolved.specs[f"attack:{a.plugin}"]) for start in starts for a in resolved.attacks)
+    runs = set()
+    for start in starts:
+        for attack in resolved.attacks:
+            spec = resolved.specs[f"attack:{attack.plugin}"]
+            if start.applies_to(spec):
+                runs.add((start.name, attack.plugin, json.dumps(params_read_from(spec, start.name, attack.params),
+                                                                sort_keys=True, default=str)))
+    return len(runs)
 
 
 def memberships(cells: list[Cell], resolved: Resolved):

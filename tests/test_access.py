@@ -16,6 +16,7 @@ from harness.config import load_experiment, parse_experiment
 from harness.engine.oracle import QueryBudgetExceeded, make_oracle
 from harness.plugins import PluginError, Registry, registry
 from harness.registry import ORIGINAL, ConfigError
+from harness.plan import attack_runs
 from harness.runner import plan_cells, run
 from harness.testing import check_plugin, seeded_model, tiny_context
 from tests.conftest import TINY_EXPERIMENT
@@ -81,7 +82,9 @@ def test_a_start_that_ignores_parameters_shares_one_cell_across_them(plugins, tm
             starts=[ORIGINAL, ReferenceStart("no-teacher", "none", "labels alone", ignores=("knob",))])
     data = yaml.safe_load(textwrap.dedent(attack_only("test-student", "{knob: [1.0, 2.0, 4.0]}")))
     runtime = Runtime(root=str(tmp_path), device="cpu", cache_dir=str(tmp_path / "cache"))
-    cells = [c for c in plan_cells(parse_experiment(data), runtime, registry())[1] if c.kind == "attack"]
+    resolved, planned = plan_cells(parse_experiment(data), runtime, registry())
+    cells = [c for c in planned if c.kind == "attack"]
+    assert attack_runs(resolved) == 7  # what `validate` counts: the planned cells, not configs x starts
     per_start = {start: len({c.key for c in cells if c.start == start}) for start in {c.start for c in cells}}
     assert per_start == {"original": 3, "defense:none": 3, "no-teacher": 1}
     [lone] = [c for c in cells if c.start == "no-teacher"]
