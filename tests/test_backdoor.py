@@ -10,7 +10,7 @@ from defenses.backdoor import KeptBackdoor, attack_success, implant_backdoor, po
 from harness.engine.context import start_evaluators
 from harness.engine.data import Split
 from harness.plugins import registry
-from harness.testing import check_plugin, seeded_model, tiny_context
+from harness.testing import check_plugin, same_weights, seeded_model, tiny_context
 from tests.test_access import rows
 from tests.test_extract import run_tiny
 
@@ -49,11 +49,11 @@ def test_stamping_normalised_tensors_equals_stamping_raw_pixels_then_normalising
 def test_poisoning_stamps_and_relabels_a_fixed_share():
     ctx = tiny_context({})
     split = ctx.original_train
-    data = poisoned(ctx, split, "original", TRIGGER, "poison")
+    data = poisoned(ctx, split, "original", TRIGGER, ctx.generator("poison"))
     changed = (data.x != split.x).flatten(1).any(dim=1)
     assert changed.sum().item() == round(0.25 * len(split))
     assert torch.all(data.y[changed] == 0) and torch.equal(data.y[~changed], split.y[~changed])
-    assert torch.equal(poisoned(ctx, split, "original", TRIGGER, "poison").x, data.x)  # chosen once, by seed
+    assert torch.equal(poisoned(ctx, split, "original", TRIGGER, ctx.generator("poison")).x, data.x)  # by seed
 
 
 class FirstPixelClassifier(torch.nn.Module):
@@ -93,7 +93,7 @@ def test_the_kept_loop_simulates_clean_support_and_queries_triggered_target_batc
     spec, params = backdoor_params(**{**RESISTANT, "trigger_size": 3})
     ctx = tiny_context(params, plugin=spec)
     model = seeded_model(ctx)
-    loop = KeptBackdoor(ctx, model, poisoned(ctx, ctx.original_train, "original", params, "poison"))
+    loop = KeptBackdoor(ctx, model, poisoned(ctx, ctx.original_train, "original", params, ctx.generator("poison")))
     batches = list(loop.simulated_batches())
     assert len(batches) == 3
     clean_images = {tuple(row.flatten().tolist()) for row in ctx.restricted_train.x}
@@ -102,6 +102,62 @@ def test_the_kept_loop_simulates_clean_support_and_queries_triggered_target_batc
         assert len(support_x) == 10 and len(query_x) == 10  # ⌊0.9·20/10⌋·10 support, the rest query
         assert all(tuple(row.flatten().tolist()) in clean_images for row in support_x)
         assert torch.all(query_x[..., -3:, -3:] == corner) and torch.all(query_y == 0)
+
+
+def released(stage_seed: int, cell_seed: int, **given):
+    """The backdoor's release in a tiny cell whose plan gives stage seed `stage_seed` and whose own (parameter-mixed)
+    seed is `cell_seed`, from the same original model."""
+    spec, params = backdoor_params(implant_epochs=1, trigger_size=3, **given)
+    ctx = tiny_context(params, plugin=spec, seed=stage_seed)
+    model = seeded_model(ctx, "original")
+    ctx.seed = cell_seed
+    return implant_backdoor(ctx, model), ctx
+
+
+def parameters_of(model) -> dict:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_resistant_continues_from_exactly_the_plain_stage_one_model():
+    plain, _ = released(5, 111)
+    # lr0 0: stage 2 moves no parameter, so what is left is the resistant cell's own stage 1
+    still, ctx = released(5, 222, variant="resistant", total_loop=2, adaptation_steps=2, batch_size=20,
+                          ntr_batch_size=32, guard_threshold=0.0, lr0=0.0)
+    assert ctx.recorder.notes["iterations"] == 2
+    assert all(torch.equal(p, parameters_of(still)[n]) for n, p in parameters_of(plain).items())
+    other_seed, _ = released(6, 111)
+    other_rate, _ = released(5, 111, poison_rate=0.5)
+    for other in (other_seed, other_rate):
+        assert not same_weights(plain, other)
+
+
+@pytest.mark.parametrize("corrupted, stops", [("original_test", False), ("original_val", True)])
+def test_the_guard_reads_the_original_validation_slice_never_the_test_set(corrupted, stops):
+    spec, params = backdoor_params(**{**RESISTANT, "total_loop": 4, "guard_every": 2, "guard_threshold": 5.0})
+    ctx = tiny_context(params, plugin=spec)
+    wrong = getattr(ctx, corrupted)
+    setattr(ctx, corrupted, Split(wrong.x, (wrong.y + 1) % ctx.num_classes))  # every label wrong: accuracy 0
+    implant_backdoor(ctx, seeded_model(ctx))
+    assert ctx.recorder.notes.get("stopped_by_guard", False) is stops
+    assert (ctx.recorder.notes["iterations"] < 4) is stops
+
+
+@pytest.mark.parametrize("reinit", [True, False])
+def test_the_simulated_attacker_re_initialises_the_head_or_keeps_it(reinit):
+    import copy
+
+    import torch.nn.functional as F
+
+    spec, params = backdoor_params(**{**RESISTANT, "fts_head_reinit": reinit, "inner_lr": 0.0})
+    ctx = tiny_context(params, plugin=spec)
+    model = seeded_model(ctx)
+    batches = list(KeptBackdoor(ctx, model, ctx.original_train).simulated_batches())
+    loop = KeptBackdoor(ctx, model, ctx.original_train)  # the same streams again
+    loop.meta_gradient()
+    # inner lr 0: the simulated model is the released one, with its own head unless the head is re-initialised
+    by_hand = sum(F.cross_entropy(copy.deepcopy(model)(qx), qy).item() for *_, qx, qy in batches) / len(batches)
+    assert loop.environment.head_mode == ("initFC" if reinit else "direct")
+    assert (loop.last_fts.query_loss == pytest.approx(by_hand, rel=1e-5)) is not reinit
 
 
 def test_start_evaluators_bind_the_defense_parameters_and_only_for_defenses_that_register_one():
