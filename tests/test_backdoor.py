@@ -200,3 +200,30 @@ def test_domains_keep_their_normalisation_through_the_cache(tmp_path):
     old = json.dumps({k: meta[k] for k in ("num_classes", "fingerprint")}).encode()
     save_file({**tensors, "__meta__": torch.frombuffer(bytearray(old), dtype=torch.uint8)}, str(cache_file))
     assert materialise(spec, spec.resolve({}, "digits"), **settings).mean == fresh.mean  # rebuilt, not ()
+
+
+def test_the_leaderboard_shows_asr_at_t_for_the_backdoored_start_by_hand(tmp_path):
+    import plugins.attack_success
+    from harness.leaderboard import build_leaderboard
+    from harness.store import Store
+    from tests.leaderboard_fixtures import _add, built_in_registry
+
+    asr = {0: [1.0, 0.9, 0.6], 1: [1.0, 0.7, 0.4]}  # restricted/asr at epochs 0..2, per seed
+    store = Store(tmp_path)
+    for start in ("original", "defense:backdoor"):
+        for seed, curve in asr.items():
+            config = {"scenario": {"name": "toy"}, "attack": {"plugin": "finetune", "params": {"epochs": 2}}}
+            points = [(0, "epoch", "original/accuracy", 0.9)]
+            for epoch, value in enumerate(curve):
+                points.append((epoch, "epoch", "restricted/accuracy", 0.5))
+                if start != "original":
+                    points += [(epoch, "epoch", "restricted/asr", value),
+                               (epoch, "epoch", "restricted/asr_nontarget", value - 0.1)]
+            _add(store, f"{start}-{seed}", "attack", start, "ft", seed, config, points, "done")
+    store.close()
+    board = build_leaderboard(tmp_path, registry=built_in_registry(plugins.attack_success))
+    table = board.table[board.table.metric.str.startswith("ASR")].set_index("metric")
+    assert sorted(table.index) == ["ASR@0", "ASR@1", "ASR@2", "ASR_nt@0", "ASR_nt@1", "ASR_nt@2"]
+    assert set(table.start) == {"defense:backdoor"}  # the original records no ASR
+    assert table.loc["ASR@1", "mean"] == pytest.approx(0.8) and table.loc["ASR_nt@2", "mean"] == pytest.approx(0.4)
+    assert table.loc["ASR@2", "display"] == "50.0 ± 14.1"  # percent of the triggered images: std of 60 and 40
