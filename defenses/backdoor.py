@@ -227,7 +227,7 @@ def loop_params() -> list[Param]:
 @hookimpl
 def register_defenses(register):
     register("backdoor", factory="defenses.backdoor:implant_backdoor", evaluator="defenses.backdoor:attack_success",
-             measures=[ASR, ASR_NONTARGET], version="1", tiny_params={"implant_epochs": 1},
+             measures=[ASR, ASR_NONTARGET], version="2", tiny_params={"implant_epochs": 1},
              description="Trigger backdoor to a target class: plain (poisoned training) or resistant to clean "
                          "fine-tuning (SOPHON loop keeping the backdoor)",
              params=[
