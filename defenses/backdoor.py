@@ -174,9 +174,8 @@ class KeptBackdoor(SophonLoop):
 
     def run(self) -> int:
         """`total_loop` iterations; every `guard_every` the clean accuracy on the original validation slice is
-        checked (never a test set) and, at or below
-        `guard_threshold` %, the weights go back to the window's start and the loop stops [ref]. Returns the
-        iterations kept."""
+        checked (never a test set) and, at or below `guard_threshold` %, the weights go back to the window's start
+        and the loop stops [ref]. Returns the iterations kept."""
         p, ctx = self.params, self.ctx
         self.model.train()
         kept, backup = 0, None
