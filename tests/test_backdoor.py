@@ -227,3 +227,23 @@ def test_the_leaderboard_shows_asr_at_t_for_the_backdoored_start_by_hand(tmp_pat
     assert set(table.start) == {"defense:backdoor"}  # the original records no ASR
     assert table.loc["ASR@1", "mean"] == pytest.approx(0.8) and table.loc["ASR_nt@2", "mean"] == pytest.approx(0.4)
     assert table.loc["ASR@2", "display"] == "50.0 ± 14.1"  # percent of the triggered images: std of 60 and 40
+
+
+def test_the_runner_gives_plain_and_resistant_of_one_seed_the_same_stage_one(write_experiment, tmp_path):
+    from safetensors.torch import load_file
+
+    from harness.store import Store
+
+    still = "{variant: resistant, implant_epochs: 1, total_loop: 1, adaptation_steps: 2, batch_size: 20, lr0: 0.0}"
+    results = run_tiny(write_experiment, tmp_path, ("  - {plugin: none}\n",
+                                                    "  - {plugin: backdoor, name: plain, params: {implant_epochs: 1}}\n"
+                                                    f"  - {{plugin: backdoor, name: still, params: {still}}}\n"
+                                                    "  - {plugin: backdoor, name: other, seed: 1, "
+                                                    "params: {implant_epochs: 1}}\n"))
+    keys = dict(rows(results, "SELECT start, key FROM cells WHERE kind = 'defend'"))
+    store = Store(results)
+    plain, kept, other = (load_file(store.artifact(keys[f"defense:{name}"])) for name in ("plain", "still", "other"))
+    store.close()
+    parameters = [name for name in plain if "running_" not in name and "num_batches" not in name]
+    assert parameters and all(torch.equal(plain[name], kept[name]) for name in parameters)
+    assert not all(torch.equal(plain[name], other[name]) for name in parameters)  # another entry seed, another stage 1
