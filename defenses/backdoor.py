@@ -20,6 +20,7 @@ the `evaluator` this defense registers. torch is imported inside functions so li
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from defenses.sophon import (Environment, SophonLoop, fts_meta_gradient, outer_optimizers, sophon_params,
                              step_weights, support_size)
@@ -31,9 +32,12 @@ VARIANTS = ("plain", "resistant")
 EVAL_CHUNK = 1000
 # the SOPHON loop settings the resistant variant uses, with the reference's backdoor defaults (§6.2)
 LOOP_PARAMS = ("total_loop", "alpha", "beta", "lr0", "ml_loop", "nl_loop", "adaptation_steps", "inner_lr",
-               "batch_size", "ntr_batch_size", "meta_grad_clip", "meta_grad_reduce", "outer_optim",
+               "batch_size", "ntr_batch_size", "meta_grad_clip", "meta_grad_reduce", "fts_head_reinit", "outer_optim",
                "guard_threshold", "guard_every")
 LOOP_DEFAULTS = {"total_loop": 300, "meta_grad_reduce": "sum"}
+# what stage 1 (the plain backdoor) depends on: variants that agree on these share its randomness and its model
+STAGE_ONE = ("target", "poison_rate", "trigger_size", "trigger_value", "implant_epochs", "implant_optimizer",
+             "implant_lr", "implant_weight_decay", "implant_batch_size")
 
 
 # -- trigger and poisoning (§6.1) ------------------------------------------------------------------------
@@ -51,14 +55,14 @@ def triggered(ctx, x, on: str, params: dict):
     return stamp(x, ctx.pixel(params["trigger_value"], on).to(x.dtype), params["trigger_size"])
 
 
-def poisoned(ctx, split, on: str, params: dict, stream: str):
-    """A copy of `split` in which a fixed random `poison_rate` share (drawn once from `stream`) carries the
+def poisoned(ctx, split, on: str, params: dict, generator):
+    """A copy of `split` in which a fixed random `poison_rate` share (drawn once from `generator`) carries the
     trigger and the target label."""
     import torch
 
     from harness.engine.data import Split
 
-    chosen = torch.randperm(len(split), generator=ctx.generator(stream))[:round(params["poison_rate"] * len(split))]
+    chosen = torch.randperm(len(split), generator=generator)[:round(params["poison_rate"] * len(split))]
     chosen = chosen.to(split.x.device)
     x, y = split.x.clone(), split.y.clone()
     x[chosen] = triggered(ctx, x[chosen], on, params)
@@ -89,23 +93,40 @@ def attack_success(ctx, model, split, on: str, *, params: dict) -> dict[str, flo
 
 # -- stage 1: the plain backdoor ------------------------------------------------------------------------
 
-def implant(ctx, model, original) -> int:
-    """Train `model` on the poisoned original data (the reference's stage 1); returns the steps taken."""
+def stage_one_seed(ctx) -> int:
+    """The seed of stage 1: the plan's stage seed and the stage-1 parameters only, not the variant or the loop
+    settings, so `resistant` continues from exactly the model `plain` releases (its baseline, §6.3)."""
+    from harness.engine.seeding import derive_seed
+
+    return derive_seed(ctx.stage_seed, "backdoor/stage-1", json.dumps({k: ctx.params[k] for k in STAGE_ONE}))
+
+
+def implant(ctx, model, original, seed: int) -> int:
+    """Train `model` on the poisoned original data (the reference's stage 1) with every random stream, the global
+    ones included, drawn from `seed`; returns the steps taken."""
+    import torch
+
+    from harness.engine.seeding import generator, seed_everything
     from harness.engine.train import make_optimizer, train_epochs
 
     p = ctx.params
-    optimizer = make_optimizer(p["implant_optimizer"], model.parameters(), p["implant_lr"], p["implant_weight_decay"])
-    return train_epochs(model, original, optimizer, objective=ctx.objective("backdoor/implant"),
-                        epochs=p["implant_epochs"], batch_size=p["implant_batch_size"],
-                        generator=ctx.generator("backdoor/implant-batches"), precision=ctx.precision)
+    with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+        seed_everything(seed)
+        optimizer = make_optimizer(p["implant_optimizer"], model.parameters(), p["implant_lr"],
+                                   p["implant_weight_decay"])
+        return train_epochs(model, original, optimizer,
+                            objective=ctx.task.objective(generator(seed, "backdoor/implant")),
+                            epochs=p["implant_epochs"], batch_size=p["implant_batch_size"],
+                            generator=generator(seed, "backdoor/implant-batches"), precision=ctx.precision)
 
 
 # -- stage 2: the suppression loop with a kept objective -----------------------------------------------
 
 class KeptBackdoor(SophonLoop):
-    """SOPHON's alternation where FTS keeps the backdoor: simulate clean fine-tuning (initFC head, SGD on clean
-    support batches of R_def), then minimise the cross-entropy to the target of an *independent*, fully
-    triggered query batch; NTR trains on the poisoned original data."""
+    """SOPHON's alternation where FTS keeps the backdoor: simulate clean fine-tuning (SGD on clean support batches
+    of R_def, from a re-initialised head [ref] or the kept one: `fts_head_reinit`), then minimise the
+    cross-entropy to the target of an *independent*, fully triggered query batch; NTR trains on the poisoned
+    original data."""
 
     def __init__(self, ctx, model, poisoned_original):
         import torch
@@ -114,7 +135,8 @@ class KeptBackdoor(SophonLoop):
 
         super().__init__(ctx, model, poisoned_original)
         p = self.params
-        self.environment = Environment("sgd", p["inner_lr"], p["batch_size"], p["adaptation_steps"], "initFC", 1.0)
+        head_mode = "initFC" if p["fts_head_reinit"] else "direct"
+        self.environment = Environment("sgd", p["inner_lr"], p["batch_size"], p["adaptation_steps"], head_mode, 1.0)
         self.weights = step_weights(p["adaptation_steps"], p["meta_grad_reduce"], "uniform")
         clean = self.restricted
         self.triggered = Split(triggered(ctx, clean.x, "restricted", p),
@@ -151,9 +173,9 @@ class KeptBackdoor(SophonLoop):
         return self.last_fts.grads
 
     def run(self) -> int:
-        """`total_loop` iterations; every `guard_every` the clean original accuracy is checked and, at or below
-        `guard_threshold` %, the weights go back to the window's start and the loop stops [ref]. Returns the
-        iterations kept."""
+        """`total_loop` iterations; every `guard_every` the clean accuracy on the original validation slice is
+        checked (never a test set) and, at or below `guard_threshold` %, the weights go back to the window's start
+        and the loop stops [ref]. Returns the iterations kept."""
         p, ctx = self.params, self.ctx
         self.model.train()
         kept, backup = 0, None
@@ -163,7 +185,7 @@ class KeptBackdoor(SophonLoop):
             self.iterate(i)
             kept = i
             if (i % p["guard_every"] == 0 or i == p["total_loop"]) and \
-                    ctx.score(self.model, ctx.original_test) * 100 <= p["guard_threshold"]:
+                    ctx.score(self.model, ctx.original_val) * 100 <= p["guard_threshold"]:
                 self.model.load_state_dict(backup)
                 kept = backup_at
                 ctx.recorder.notes["stopped_by_guard"] = True
@@ -174,12 +196,15 @@ class KeptBackdoor(SophonLoop):
 
 def implant_backdoor(ctx, model):
     """The `backdoor` defense: stage 1 always, the kept-objective loop for `resistant`; returns the release."""
+    from harness.engine.seeding import generator
+
     p = ctx.params
     if p["target"] >= ctx.num_classes:
         raise ConfigError(f"target {p['target']} is not a class of this scenario (0..{ctx.num_classes - 1})",
                           where="params.target")
-    original = poisoned(ctx, ctx.original_train, "original", p, "backdoor/poison")
-    steps = implant(ctx, model, original)
+    seed = stage_one_seed(ctx)
+    original = poisoned(ctx, ctx.original_train, "original", p, generator(seed, "backdoor/poison"))
+    steps = implant(ctx, model, original, seed)
     iterations = KeptBackdoor(ctx, model, original).run() if p["variant"] == "resistant" else 0
     ctx.recorder.notes.update(implant_steps=steps)
     ctx.record_release(model, step=steps + iterations)
@@ -201,7 +226,7 @@ def loop_params() -> list[Param]:
 @hookimpl
 def register_defenses(register):
     register("backdoor", factory="defenses.backdoor:implant_backdoor", evaluator="defenses.backdoor:attack_success",
-             measures=[ASR, ASR_NONTARGET], version="1", tiny_params={"implant_epochs": 1},
+             measures=[ASR, ASR_NONTARGET], version="2", tiny_params={"implant_epochs": 1},
              description="Trigger backdoor to a target class: plain (poisoned training) or resistant to clean "
                          "fine-tuning (SOPHON loop keeping the backdoor)",
              params=[

@@ -142,7 +142,7 @@ def _context(cell: Cell, runtime: Runtime, data: ScenarioData, recorder, *, seed
         recorder=recorder, task=task, log=lambda message: None,
         normalisation={"original": (data.original.mean, data.original.std),
                        **({} if restricted is None else {"restricted": (restricted.mean, restricted.std)})},
-        evaluators=start_evaluators(start, defense["params"] if defense else None),
+        evaluators=start_evaluators(start, defense["params"] if defense else None), stage_seed=cell.seed,
     )
 
 

@@ -61,6 +61,7 @@ def tiny_context(params: dict, *, seed: int = 0, task: str = "classification", t
         original_val=original_val, restricted_train=restricted_fit, restricted_val=restricted_val,
         restricted_test=data.restricted_test, build_model=make_model,
         recorder=Recorder(allowed=metric_names(the_task, plugin)), task=the_task, log=lambda message: None,
+        stage_seed=seed,
     )
 
 

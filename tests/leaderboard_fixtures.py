@@ -58,6 +58,8 @@ def build_store(root: Path, *, defense: str = "x", attack_plugin: str = "finetun
                 for x, unit in ((epoch, "epoch"), (epoch * STEPS_PER_EPOCH, "step")):
                     points += [(x, unit, "restricted/accuracy", accuracy), (x, unit, "restricted/loss", 2 - accuracy),
                                (x, unit, "restricted_val/accuracy", accuracy)]  # validation twin: same values here
+                    if kind == "defense":  # the defense's evaluator measure (a backdoor's attack success rate)
+                        points += [(x, unit, "restricted/asr", 1 - accuracy)]
             _add(store, key, "attack", start, attack, seed, config, points, "done" if len(curve) == 4 else "diverged")
             members += [(key, suite, label) for suite, label, config_id in MEMBERSHIPS if config_id == attack]
     # cells the leaderboard must ignore: not an attack, not finished

@@ -10,7 +10,7 @@ from defenses.backdoor import KeptBackdoor, attack_success, implant_backdoor, po
 from harness.engine.context import start_evaluators
 from harness.engine.data import Split
 from harness.plugins import registry
-from harness.testing import check_plugin, seeded_model, tiny_context
+from harness.testing import check_plugin, same_weights, seeded_model, tiny_context
 from tests.test_access import rows
 from tests.test_extract import run_tiny
 
@@ -49,11 +49,11 @@ def test_stamping_normalised_tensors_equals_stamping_raw_pixels_then_normalising
 def test_poisoning_stamps_and_relabels_a_fixed_share():
     ctx = tiny_context({})
     split = ctx.original_train
-    data = poisoned(ctx, split, "original", TRIGGER, "poison")
+    data = poisoned(ctx, split, "original", TRIGGER, ctx.generator("poison"))
     changed = (data.x != split.x).flatten(1).any(dim=1)
     assert changed.sum().item() == round(0.25 * len(split))
     assert torch.all(data.y[changed] == 0) and torch.equal(data.y[~changed], split.y[~changed])
-    assert torch.equal(poisoned(ctx, split, "original", TRIGGER, "poison").x, data.x)  # chosen once, by seed
+    assert torch.equal(poisoned(ctx, split, "original", TRIGGER, ctx.generator("poison")).x, data.x)  # by seed
 
 
 class FirstPixelClassifier(torch.nn.Module):
@@ -93,7 +93,7 @@ def test_the_kept_loop_simulates_clean_support_and_queries_triggered_target_batc
     spec, params = backdoor_params(**{**RESISTANT, "trigger_size": 3})
     ctx = tiny_context(params, plugin=spec)
     model = seeded_model(ctx)
-    loop = KeptBackdoor(ctx, model, poisoned(ctx, ctx.original_train, "original", params, "poison"))
+    loop = KeptBackdoor(ctx, model, poisoned(ctx, ctx.original_train, "original", params, ctx.generator("poison")))
     batches = list(loop.simulated_batches())
     assert len(batches) == 3
     clean_images = {tuple(row.flatten().tolist()) for row in ctx.restricted_train.x}
@@ -102,6 +102,62 @@ def test_the_kept_loop_simulates_clean_support_and_queries_triggered_target_batc
         assert len(support_x) == 10 and len(query_x) == 10  # ⌊0.9·20/10⌋·10 support, the rest query
         assert all(tuple(row.flatten().tolist()) in clean_images for row in support_x)
         assert torch.all(query_x[..., -3:, -3:] == corner) and torch.all(query_y == 0)
+
+
+def released(stage_seed: int, cell_seed: int, **given):
+    """The backdoor's release in a tiny cell whose plan gives stage seed `stage_seed` and whose own (parameter-mixed)
+    seed is `cell_seed`, from the same original model."""
+    spec, params = backdoor_params(implant_epochs=1, trigger_size=3, **given)
+    ctx = tiny_context(params, plugin=spec, seed=stage_seed)
+    model = seeded_model(ctx, "original")
+    ctx.seed = cell_seed
+    return implant_backdoor(ctx, model), ctx
+
+
+def parameters_of(model) -> dict:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_resistant_continues_from_exactly_the_plain_stage_one_model():
+    plain, _ = released(5, 111)
+    # lr0 0: stage 2 moves no parameter, so what is left is the resistant cell's own stage 1
+    still, ctx = released(5, 222, variant="resistant", total_loop=2, adaptation_steps=2, batch_size=20,
+                          ntr_batch_size=32, guard_threshold=0.0, lr0=0.0)
+    assert ctx.recorder.notes["iterations"] == 2
+    assert all(torch.equal(p, parameters_of(still)[n]) for n, p in parameters_of(plain).items())
+    other_seed, _ = released(6, 111)
+    other_rate, _ = released(5, 111, poison_rate=0.5)
+    for other in (other_seed, other_rate):
+        assert not same_weights(plain, other)
+
+
+@pytest.mark.parametrize("corrupted, stops", [("original_test", False), ("original_val", True)])
+def test_the_guard_reads_the_original_validation_slice_never_the_test_set(corrupted, stops):
+    spec, params = backdoor_params(**{**RESISTANT, "total_loop": 4, "guard_every": 2, "guard_threshold": 5.0})
+    ctx = tiny_context(params, plugin=spec)
+    wrong = getattr(ctx, corrupted)
+    setattr(ctx, corrupted, Split(wrong.x, (wrong.y + 1) % ctx.num_classes))  # every label wrong: accuracy 0
+    implant_backdoor(ctx, seeded_model(ctx))
+    assert ctx.recorder.notes.get("stopped_by_guard", False) is stops
+    assert (ctx.recorder.notes["iterations"] < 4) is stops
+
+
+@pytest.mark.parametrize("reinit", [True, False])
+def test_the_simulated_attacker_re_initialises_the_head_or_keeps_it(reinit):
+    import copy
+
+    import torch.nn.functional as F
+
+    spec, params = backdoor_params(**{**RESISTANT, "fts_head_reinit": reinit, "inner_lr": 0.0})
+    ctx = tiny_context(params, plugin=spec)
+    model = seeded_model(ctx)
+    batches = list(KeptBackdoor(ctx, model, ctx.original_train).simulated_batches())
+    loop = KeptBackdoor(ctx, model, ctx.original_train)  # the same streams again
+    loop.meta_gradient()
+    # inner lr 0: the simulated model is the released one, with its own head unless the head is re-initialised
+    by_hand = sum(F.cross_entropy(copy.deepcopy(model)(qx), qy).item() for *_, qx, qy in batches) / len(batches)
+    assert loop.environment.head_mode == ("initFC" if reinit else "direct")
+    assert (loop.last_fts.query_loss == pytest.approx(by_hand, rel=1e-5)) is not reinit
 
 
 def test_start_evaluators_bind_the_defense_parameters_and_only_for_defenses_that_register_one():
@@ -144,3 +200,50 @@ def test_domains_keep_their_normalisation_through_the_cache(tmp_path):
     old = json.dumps({k: meta[k] for k in ("num_classes", "fingerprint")}).encode()
     save_file({**tensors, "__meta__": torch.frombuffer(bytearray(old), dtype=torch.uint8)}, str(cache_file))
     assert materialise(spec, spec.resolve({}, "digits"), **settings).mean == fresh.mean  # rebuilt, not ()
+
+
+def test_the_leaderboard_shows_asr_at_t_for_the_backdoored_start_by_hand(tmp_path):
+    import plugins.attack_success
+    from harness.leaderboard import build_leaderboard
+    from harness.store import Store
+    from tests.leaderboard_fixtures import _add, built_in_registry
+
+    asr = {0: [1.0, 0.9, 0.6], 1: [1.0, 0.7, 0.4]}  # restricted/asr at epochs 0..2, per seed
+    store = Store(tmp_path)
+    for start in ("original", "defense:backdoor"):
+        for seed, curve in asr.items():
+            config = {"scenario": {"name": "toy"}, "attack": {"plugin": "finetune", "params": {"epochs": 2}}}
+            points = [(0, "epoch", "original/accuracy", 0.9)]
+            for epoch, value in enumerate(curve):
+                points.append((epoch, "epoch", "restricted/accuracy", 0.5))
+                if start != "original":
+                    points += [(epoch, "epoch", "restricted/asr", value),
+                               (epoch, "epoch", "restricted/asr_nontarget", value - 0.1)]
+            _add(store, f"{start}-{seed}", "attack", start, "ft", seed, config, points, "done")
+    store.close()
+    board = build_leaderboard(tmp_path, registry=built_in_registry(plugins.attack_success))
+    table = board.table[board.table.metric.str.startswith("ASR")].set_index("metric")
+    assert sorted(table.index) == ["ASR@0", "ASR@1", "ASR@2", "ASR_nt@0", "ASR_nt@1", "ASR_nt@2"]
+    assert set(table.start) == {"defense:backdoor"}  # the original records no ASR
+    assert table.loc["ASR@1", "mean"] == pytest.approx(0.8) and table.loc["ASR_nt@2", "mean"] == pytest.approx(0.4)
+    assert table.loc["ASR@2", "display"] == "50.0 ± 14.1"  # percent of the triggered images: std of 60 and 40
+
+
+def test_the_runner_gives_plain_and_resistant_of_one_seed_the_same_stage_one(write_experiment, tmp_path):
+    from safetensors.torch import load_file
+
+    from harness.store import Store
+
+    still = "{variant: resistant, implant_epochs: 1, total_loop: 1, adaptation_steps: 2, batch_size: 20, lr0: 0.0}"
+    results = run_tiny(write_experiment, tmp_path, ("  - {plugin: none}\n",
+                                                    "  - {plugin: backdoor, name: plain, params: {implant_epochs: 1}}\n"
+                                                    f"  - {{plugin: backdoor, name: still, params: {still}}}\n"
+                                                    "  - {plugin: backdoor, name: other, seed: 1, "
+                                                    "params: {implant_epochs: 1}}\n"))
+    keys = dict(rows(results, "SELECT start, key FROM cells WHERE kind = 'defend'"))
+    store = Store(results)
+    plain, kept, other = (load_file(store.artifact(keys[f"defense:{name}"])) for name in ("plain", "still", "other"))
+    store.close()
+    parameters = [name for name in plain if "running_" not in name and "num_batches" not in name]
+    assert parameters and all(torch.equal(plain[name], kept[name]) for name in parameters)
+    assert not all(torch.equal(plain[name], other[name]) for name in parameters)  # another entry seed, another stage 1

@@ -24,6 +24,8 @@ PLUGINS = [
     ("defense", "sophon-ice", SOPHON),
     ("defense", "sophon-klu", SOPHON),
     ("defense", "ntl", {"epochs": 1, "batch_size": 16}),
+    ("defense", "backdoor", {**{k: v for k, v in SOPHON.items() if k != "probe_every"}, "variant": "resistant",
+                             "implant_epochs": 1}),
     ("attack", "finetune", {"epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 1e-3}),
     ("attack", "lora", {"epochs": 1, "batch_size": 32}),
     ("attack", "bn_reestimate", {"epochs": 1, "batch_size": 32}),

@@ -80,6 +80,7 @@ class CellContext:
     log: Callable[[str], None] = print
     normalisation: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = field(default_factory=dict)
     evaluators: list[Evaluator] = field(default_factory=list)
+    stage_seed: int = 0  # the plan's seed for this stage, before it is mixed with the cell's parameters
 
     def generator(self, name: str) -> torch.Generator:
         """A named CPU generator derived from the cell seed (index permutations are drawn on the CPU)."""
