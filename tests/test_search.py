@@ -63,9 +63,12 @@ def test_trials_are_cells_reused_by_a_search_run_again(write_experiment, tmp_pat
     trials = dict(rows(results, "SELECT key, finished FROM cells WHERE kind = 'trial'"))
     assert len(trials) == 3 * 4 and all(trials.values())  # 4 trials for each of scratch, original, defense:none
     assert main(["check", str(results)]) == 0
-    assert main(["leaderboard", str(results), "--format", "md"]) == 0
+    assert main(["leaderboard", str(results), "--format", "md,json"]) == 0
     board = (results / "leaderboard.md").read_text()
     assert "search · original: seed 0 chose finetune" in board or "search · original: seed 0 chose lora" in board
+    chosen = json.loads((results / "leaderboard.json").read_text())["sections"][0]["chosen"]
+    assert [(c["attack"], c["start"], c["seed"]) for c in chosen] == [
+        ("search", "scratch", 0), ("search", "original", 0), ("search", "defense:none", 0)]
     assert "trial finetune" not in board and "trial lora" not in board  # trials are not rows
 
     first = searched(results)
