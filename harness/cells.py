@@ -1,4 +1,4 @@
-"""Running one cell (pretrain, defend or attack) inside a worker, and committing it to the store.
+"""Running one cell (pretrain, defend, attack, or a trial an attack cell runs) inside a worker, and committing it.
 
 A cell re-derives everything it needs from its config (plugins from the registry, data from the cache,
 its inputs from stored safetensors), so it gives the same curve in any process, locally or on Ray.
