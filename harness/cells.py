@@ -1,4 +1,4 @@
-"""Running one cell (pretrain, defend or attack) inside a worker, and committing it to the store.
+"""Running one cell (pretrain, defend, attack, or a trial an attack cell runs) inside a worker, and committing it.
 
 A cell re-derives everything it needs from its config (plugins from the registry, data from the cache,
 its inputs from stored safetensors), so it gives the same curve in any process, locally or on Ray.
@@ -112,7 +112,7 @@ def _build_model_fn(scenario: dict, task, num_classes: int, device):
 
 
 def _context(cell: Cell, runtime: Runtime, data: ScenarioData, recorder, *, seed: int, params: dict, role: str,
-             plugin=None):
+             plugin=None, trials=None):
     """The plugin's view of its cell. A cell whose model is (or starts from) a defense's release also records that
     defense's evaluator measures (docs/starts-and-access.md)."""
     from harness.engine.context import CellContext, start_evaluators
@@ -143,6 +143,7 @@ def _context(cell: Cell, runtime: Runtime, data: ScenarioData, recorder, *, seed
         normalisation={"original": (data.original.mean, data.original.std),
                        **({} if restricted is None else {"restricted": (restricted.mean, restricted.std)})},
         evaluators=start_evaluators(start, defense["params"] if defense else None), stage_seed=cell.seed,
+        trials=trials,
     )
 
 
@@ -188,12 +189,14 @@ def _load_input(store: Store, key: str, model):
 
 
 def _cell_seed(cell: Cell) -> int:
-    """Derived from what the cell computes and its seed (not the start), so paired cells share batch orders."""
+    """Derived from what the cell computes and its seed (not the start), so paired cells share batch orders; a
+    trial trains exactly as the attack cell of its config."""
     from harness.engine.seeding import derive_seed
 
+    stage = "attack" if cell.kind == "trial" else cell.kind
     what = {"pretrain": cell.config.get("pretrain"), "defend": cell.config.get("defense"),
-            "attack": _paired_attack(cell.config["attack"]) if cell.kind == "attack" else None}
-    return derive_seed(cell.kind, json.dumps(what[cell.kind], sort_keys=True), cell.seed)
+            "attack": _paired_attack(cell.config["attack"]) if stage == "attack" else None}
+    return derive_seed(stage, json.dumps(what[stage], sort_keys=True), cell.seed)
 
 
 def _paired_attack(attack: dict) -> dict:
@@ -206,6 +209,7 @@ def _paired_attack(attack: dict) -> dict:
 def _run(cell: Cell, runtime: Runtime, store: Store, recorder) -> list[Path]:
     from harness.engine.models import save_model
     from harness.engine.seeding import derive_seed, seed_everything
+    from harness.trials import cell_trials
 
     data = scenario_data(cell.config["scenario"], runtime)
     seed = _cell_seed(cell)
@@ -222,7 +226,9 @@ def _run(cell: Cell, runtime: Runtime, store: Store, recorder) -> list[Path]:
     else:
         attack = cell.config["attack"]
         spec = _registry().get("attack", attack["plugin"])
-        ctx = _context(cell, runtime, data, recorder, seed=seed, params=attack["params"], role="attack", plugin=spec)
+        trials = cell_trials(cell, runtime) if cell.kind == "attack" else None  # a trial runs no trials itself
+        ctx = _context(cell, runtime, data, recorder, seed=seed, params=attack["params"], role="attack", plugin=spec,
+                       trials=trials)
         seed_everything(derive_seed(seed, "scratch-init"))
         model = None if cell.config.get("source") == "none" else ctx.build_model()
         if cell.deps:
@@ -235,7 +241,11 @@ def _run(cell: Cell, runtime: Runtime, store: Store, recorder) -> list[Path]:
         handed = _oracle(cell, ctx, model) if black_box else model
         attacked = spec.load()(ctx, handed)
         shown = attacked if attacked is not None and attacked is not handed else model
-        return _save_pictures(ctx, shown, store.artifact_dir(cell.key)) if shown is not None else []
+        artifacts = _save_pictures(ctx, shown, store.artifact_dir(cell.key)) if shown is not None else []
+        if cell.kind == "trial" and attacked is not None:  # a search hands on its chosen trial's model
+            artifacts.append(save_model(attacked, store.artifact_dir(cell.key) / "model.safetensors",
+                                        metadata={"cell": cell.key, "kind": cell.kind}))
+        return artifacts
     return [save_model(model, store.artifact_dir(cell.key) / "model.safetensors",
                        metadata={"cell": cell.key, "kind": cell.kind})]
 

@@ -291,6 +291,14 @@ def content_key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def attack_key(kind: str, config: dict, seed: int, versions: dict) -> str:
+    """The key of an attack cell (or of a trial, harness/trials.py): its config less what is presentation (the
+    scale and threat statements, the attack's label), so the same config under two labels is one cell."""
+    identity = {k: v for k, v in config.items() if k not in ("scale", "threat")}
+    identity["attack"] = {k: config["attack"][k] for k in ("plugin", "params")}
+    return content_key({"kind": kind, **identity, "seed": seed, "versions": versions})
+
+
 def stage_seed(experiment: Experiment, stage: str, base: int, seed: int) -> int:
     """The seed of a pretrain or defense cell feeding attacks of run seed `seed`: its own seed, plus the run
     seed when the experiment replicates that stage (so run seed 0 reuses the unreplicated cell)."""
@@ -354,10 +362,7 @@ def build_cells(resolved: Resolved, data_facts: dict[str, dict], precision: str 
                               "attack": {"plugin": attack.plugin, "params": params, "label": attack.label},
                               "scale": _scale(sc, facts, attack, exp.replicate),
                               "threat": THREAT_MODELS[spec.access].format(api=sc.api)}
-                    identity = {k: v for k, v in config.items() if k not in ("scale", "threat")}
-                    # the label is presentation: the same config under two labels is one cell
-                    identity["attack"] = {"plugin": attack.plugin, "params": params}
-                    key = content_key({"kind": "attack", **identity, "seed": seed, "versions": versions})
+                    key = attack_key("attack", config, seed, versions)
                     cell = cells.setdefault(key, Cell(key, "attack", rs.name, start.name, attack.label, seed, config,
                                                       versions, inputs))
                     cell.labels.setdefault(attack.label)

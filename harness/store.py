@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS memberships (
 );
 """
 
-KINDS = ("pretrain", "defend", "attack")
+KINDS = ("pretrain", "defend", "attack", "trial")  # trial: a cell an attack cell ran (harness/trials.py)
 STATUSES = ("pending", "running", "done", "diverged", "failed")
 FINISHED = ("done", "diverged")
 SPLITS = ("restricted", "original", "restricted_val", "original_val")  # test sets, then validation slices

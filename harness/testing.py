@@ -8,7 +8,9 @@ test run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from functools import partial
 
 import torch
 
@@ -62,7 +64,27 @@ def tiny_context(params: dict, *, seed: int = 0, task: str = "classification", t
         restricted_test=data.restricted_test, build_model=make_model,
         recorder=Recorder(allowed=metric_names(the_task, plugin)), task=the_task, log=lambda message: None,
         stage_seed=seed,
+        trials=partial(inline_trial, registry=reg),
     )
+
+
+def inline_trial(ctx: CellContext, plugin: str, params: dict, *, registry=None):
+    """`ctx.trials` of a tiny context: the trial runs here, with no store, from a fresh model drawn from the seed an
+    attack cell of its config would derive (harness/trials.py runs real trials as cells)."""
+    from harness.engine.train import Diverged
+    from harness.plugins import registry as default_registry
+    from harness.trials import Trial, identity
+
+    spec = (registry or default_registry()).get("attack", plugin)
+    resolved = spec.resolve(params, f"trial {plugin}")
+    seed = seeding.derive_seed("attack", identity(plugin, resolved), ctx.seed)
+    child = dataclasses.replace(ctx, params=resolved, seed=seed, recorder=Recorder(allowed=ctx.recorder.allowed),
+                                trials=None)
+    try:
+        model, status = spec.load()(child, seeded_model(child)), "done"
+    except Diverged:
+        model, status = None, "diverged"
+    return Trial(f"inline-{seed:x}", status, child.recorder.points, child.recorder.notes, lambda: model)
 
 
 def seeded_model(ctx: CellContext, name: str = "init"):

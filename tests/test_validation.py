@@ -29,6 +29,7 @@ PLUGINS = [
     ("attack", "finetune", {"epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 1e-3}),
     ("attack", "lora", {"epochs": 1, "batch_size": 32}),
     ("attack", "bn_reestimate", {"epochs": 1, "batch_size": 32}),
+    ("attack", "search", {"trials": 3, "max_epochs": 1, "sampler": "random", "space": {"batch_size": [32]}}),
 ]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from harness.engine.train import evaluate
 from harness.registry import DOMAINS, PluginSpec, did_you_mean, load_reference
 from harness.store import X_UNITS
 from harness.tasks import Objective, Task, UnknownMetric
+
+if TYPE_CHECKING:
+    from harness.trials import Trial
 
 # evaluator(ctx, model, split, on) -> {measure: value}: extra measures a defense adds to every record of its own
 # cell and of the attack cells that start from its release (a backdoor's attack success rate)
@@ -81,6 +84,8 @@ class CellContext:
     normalisation: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = field(default_factory=dict)
     evaluators: list[Evaluator] = field(default_factory=list)
     stage_seed: int = 0  # the plan's seed for this stage, before it is mixed with the cell's parameters
+    # (ctx, plugin, params) -> Trial: runs another attack config as a trial of this attack cell (docs/search.md)
+    trials: Callable[["CellContext", str, dict], "Trial"] | None = None
 
     def generator(self, name: str) -> torch.Generator:
         """A named CPU generator derived from the cell seed (index permutations are drawn on the CPU)."""
@@ -98,6 +103,13 @@ class CellContext:
         if not mean:
             mean, std = (0.0,), (1.0,)
         return ((value - torch.tensor(mean)) / torch.tensor(std)).view(-1, 1, 1).to(self.device)
+
+    def run_trial(self, plugin: str, params: dict) -> "Trial":
+        """Run attack `plugin` with `params` from this cell's start, on its data and seed, as a trial: a cell of
+        its own, read from the store when it already finished there (docs/search.md). Only attack cells can."""
+        if self.trials is None:
+            raise RuntimeError("this cell cannot run trials: only an attack cell can (a trial runs none itself)")
+        return self.trials(self, plugin, params)
 
     # -- task-neutral: whatever the scenario's task trains with and measures ---------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -40,6 +40,7 @@ class Curves:
     points: pd.DataFrame  # key, x, x_unit, metric, value: every stored point, for metrics needing other measures
     measures: dict[str, Measure]  # scenario -> its score measure
     failed: pd.DataFrame  # kind, scenario, suite (None = every suite), attack, start, seed: failed cells
+    notes: dict[str, dict] = field(default_factory=dict)  # key -> the cell's notes (counters; what it chose)
 
     def by_epoch(self) -> pd.DataFrame:
         return self.cells.merge(self.epochs, on="key")
@@ -82,6 +83,8 @@ def load_curves(results_dir: str | Path, suites: list[str] | None = None,
         members = pd.read_sql("SELECT rowid AS member_rank, key, suite, label AS attack FROM memberships "
                               "ORDER BY rowid", db)
         failed = _failed_cells(db)
+        notes = dict(db.execute("SELECT n.key, n.json FROM notes n JOIN cells c ON c.key = n.key WHERE "
+                                f"c.kind = 'attack' AND c.status IN ({finished})", FINISHED).fetchall())
     if not members.empty:  # cells of an earlier plan (the experiment file changed since) are stale
         cells = cells[cells.key.isin(members.key)]
     if cells.empty:
@@ -125,7 +128,7 @@ def load_curves(results_dir: str | Path, suites: list[str] | None = None,
                   queries=queries[queries.key.isin(unique.key)].reset_index(drop=True),
                   points=points[points.key.isin(unique.key)].reset_index(drop=True),
                   measures={s: m for s, m in measures.items() if s in set(cells.scenario)},
-                  failed=failed)
+                  failed=failed, notes={key: json.loads(notes[key]) for key in unique.key if key in notes})
 
 
 def _query_scores(points: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:

@@ -74,6 +74,7 @@ class Section(ScoreUnits):
     rows: pd.DataFrame  # this section's aggregated rows
     diverged: list[tuple[str, str, int]]  # (attack, start, seed) of the cells that diverged
     failed: list[tuple[str, str, str, int]]  # (kind, attack, start, seed) of the cells that failed
+    chosen: list[tuple[str, str, int, str]]  # (attack, start, seed, what it chose) of attacks that chose (a search)
 
     @property
     def title(self) -> str:
@@ -148,7 +149,8 @@ class Section(ScoreUnits):
                           f"seed {seed} diverged; its last recorded score is carried to the end of the budget")
                          for attack, start, seed in self.diverged] + [
             (" · ".join(part for part in (attack, start) if part), _failure_note(kind, seed))
-            for kind, attack, start, seed in self.failed]
+            for kind, attack, start, seed in self.failed] + [
+            (f"{attack} · {start}", f"seed {seed} chose {what}") for attack, start, seed, what in self.chosen]
 
 
 def _directions(rows: pd.DataFrame) -> str:
@@ -204,5 +206,14 @@ def sections(curves: Curves, table: pd.DataFrame, registry: Registry) -> list[Se
             diverged=list(cells.loc[cells.status == "diverged", ["attack", "start", "seed"]]
                           .itertuples(index=False, name=None)),
             failed=[(f.kind, f.attack, f.start, int(f.seed)) for f in curves.failed.itertuples()
-                    if f.scenario == scenario and (pd.isna(f.suite) or f.suite == suite)]))
+                    if f.scenario == scenario and (pd.isna(f.suite) or f.suite == suite)],
+            chosen=_chosen(cells, curves.notes)))
     return sorted(out, key=lambda s: s.scenario)  # stable: suites stay in plan order
+
+
+def _chosen(cells: pd.DataFrame, notes: dict[str, dict]) -> list[tuple[str, str, int, str]]:
+    """What each cell that chose something (a searched attack: its config) says it chose, from its notes."""
+    attacks = list(dict.fromkeys(cells.attack))
+    chose = [(c.attack, c.start, int(c.seed), str(notes[c.key]["chosen"])) for c in cells.itertuples()
+             if "chosen" in notes.get(c.key, {})]
+    return sorted(chose, key=lambda row: (attacks.index(row[0]), start_order(row[1]), row[2]))

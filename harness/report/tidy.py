@@ -49,7 +49,9 @@ def write_json(board: Leaderboard, out_dir: Path) -> list[Path]:
                       "score": {"name": s.score.name, "higher_is_better": s.score.higher_is_better,
                                 "display": s.score.display},
                       "threat": s.threats, "scale": s.scales, "seeds": s.seeds, "starts": s.starts,
-                      "attacks": s.attack_plugins, "defenses": s.defense_plugins, "rows": _records(s.rows[COLUMNS])}
+                      "attacks": s.attack_plugins, "defenses": s.defense_plugins, "rows": _records(s.rows[COLUMNS]),
+                      "chosen": [{"attack": attack, "start": start, "seed": seed, "chose": what}
+                                 for attack, start, seed, what in s.chosen]}
                      for s in board.sections],
     }
     path.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n", encoding="utf-8")
