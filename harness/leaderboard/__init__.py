@@ -47,6 +47,10 @@ class Leaderboard:
 
         return render(self)
 
+    def figures(self, title: str) -> list:
+        """The plots shown under one table (a Section's or a BudgetLadder's title)."""
+        return [plot for plot in self.plots if plot.section == title]
+
     @cached_property
     def pictures(self) -> dict[tuple, tuple]:
         """The pictures attack cells stored (a task's `render`), per (scenario, suite, attack, start):

@@ -79,9 +79,9 @@ def write(board: Leaderboard, out_dir: Path) -> list[Path]:
 def render(board: Leaderboard) -> str:
     contents = "".join(f'<li><a href="#s{i}">{escape(s.title)}</a></li>' for i, s in enumerate(board.sections))
     metrics = "".join(f"<dt>{escape(m.name)}</dt><dd>{escape(m.description)}</dd>" for m in board.metrics)
-    sections = "".join(_section(i, s, [p for p in board.plots if p.section == s.title], _pictures(s, board.pictures))
+    sections = "".join(_section(i, s, board.figures(s.title), _pictures(s, board.pictures))
                        for i, s in enumerate(board.sections))
-    sections += "".join(_ladder(i, ladder, [p for p in board.plots if p.section == ladder.title])
+    sections += "".join(_ladder(i, ladder, board.figures(ladder.title))
                         for i, ladder in enumerate(board.budgets))
     contents += "".join(f'<li><a href="#b{i}">{escape(b.title)}</a></li>' for i, b in enumerate(board.budgets))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

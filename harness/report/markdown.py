@@ -35,10 +35,10 @@ def render(board: Leaderboard) -> str:
              "95 % t-intervals and per-seed values are in leaderboard.csv, leaderboard.json and leaderboard.html.", "",
              "Metrics: " + "; ".join(f"**{escape(m.name)}**: {escape(m.description)}" for m in board.metrics), ""]
     for section in board.sections:
-        lines += _section(section, [p for p in board.plots if p.section == section.title])
+        lines += _section(section, board.figures(section.title))
     for ladder in board.budgets:
         lines += [f"## {escape(ladder.title)}", "", escape(ladder.legend), "", *_table(ladder.matrix()), "",
-                  *_images([p for p in board.plots if p.section == ladder.title]), ""]
+                  *_images(board.figures(ladder.title)), ""]
     return "\n".join(lines) + "\n"
 
 
