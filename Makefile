@@ -17,10 +17,11 @@ demo: setup data
 test: setup data browser
 	@$(PYTEST) -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
 
-# A bounded selection of the slow end-to-end tests (what CI runs after `make test`).
+# A bounded selection of the slow end-to-end tests (what CI runs after `make test`): sigkill resume of a grid
+# and of a search, fault injection, the ray executor, and scaffolded plugins end to end.
 test-slow: setup data
 	@$(PYTEST) -q -m slow -k "$(SLOW)"; rc=$$?; if [ $$rc -eq 5 ]; then echo "make test-slow: no tests selected" >&2; exit 1; fi; exit $$rc
-SLOW ?= resume or ray_executor or demo_effect or fault_injection or scaffolded_plugins
+SLOW ?= resume or ray_executor or fault_injection or scaffolded_plugins
 
 # The CI leaderboard: real cells, written to runs/ci, then checked against the store.
 ci-leaderboard: setup data

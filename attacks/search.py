@@ -3,16 +3,19 @@ family, strategy, optimizer, lr, batch size, schedule, epochs, LoRA rank) within
 the trial with the best final score on the adversary's validation slice — never a test point.
 
 Every trial is a cell of its own (`ctx.run_trial`, harness/trials.py), so trials are resumable and reused. The
-Optuna study is not stored: its sampler is seeded from the cell seed, so asking again and telling the stored
-trials' scores in order replays the same suggestions. The cell records the chosen trial's curve as its own,
+Optuna study is not stored: its sampler is seeded from the stage seed and every parameter but `trials`, so asking
+again and telling the stored trials' scores in order replays the same suggestions, and raising `trials` extends
+a finished search instead of starting a new one. The cell records the chosen trial's curve as its own,
 so the leaderboard, R and the worst case read it like any attack's.
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 from harness import Param, hookimpl
+from harness.engine.seeding import derive_seed
 from harness.names import OPTIMIZERS, SCHEDULES
 
 from attacks.finetune import STRATEGIES
@@ -88,10 +91,12 @@ def describe(plugin: str, params: dict) -> str:
     return f"{plugin} {shown}"
 
 
-def _sampler(params: dict, seed: int):
+def _sampler(params: dict, stage_seed: int):
+    """Seeded without `trials`: a search given more trials asks the same first ones, which are then reused."""
     import optuna
 
-    seed %= 2**32  # numpy's generators, which the samplers use, take 32-bit seeds
+    rest = json.dumps({k: v for k, v in params.items() if k != "trials"}, sort_keys=True)
+    seed = derive_seed(stage_seed, "search/sampler", rest) % 2**32  # numpy's generators take 32-bit seeds
     if params["sampler"] == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=params["startup_trials"])
@@ -108,7 +113,7 @@ def run(ctx, model):
     params, score = ctx.params, ctx.task.score
     space = full_space(params)
     study = optuna.create_study(direction="maximize" if score.higher_is_better else "minimize",
-                                sampler=_sampler(params, ctx.seed))
+                                sampler=_sampler(params, ctx.stage_seed))
     done = []
     for _ in range(params["trials"]):
         asked = study.ask()
@@ -151,7 +156,7 @@ def _record(ctx, points) -> None:
 
 @hookimpl
 def register_attacks(register):
-    register("search", factory="attacks.search:run", version="1", check=check_space, tiny_params=TINY_PARAMS,
+    register("search", factory="attacks.search:run", version="2", check=check_space, tiny_params=TINY_PARAMS,
              params=[Param("space", "dict", {}, keys=SPACE,
                            help="the choices searched; a dimension left out takes its default (docs/search.md)"),
                      Param("trials", "int", 8, min=1, max=10_000, help="trials per start and seed"),

@@ -79,6 +79,16 @@ def test_trials_are_cells_reused_by_a_search_run_again(write_experiment, tmp_pat
     assert searched(results) == first
 
 
+def test_raising_trials_extends_a_finished_search(write_experiment, tmp_path):
+    """The sampler is seeded without `trials`: a search given one more trial reuses the first ones."""
+    results = tmp_path / "r"
+    assert run_file(write_experiment(EXPERIMENT), results).ok
+    before = dict(rows(results, "SELECT key, finished FROM cells WHERE kind = 'trial'"))
+    assert run_file(write_experiment(EXPERIMENT.replace("trials: 4", "trials: 5")), results).ok
+    after = dict(rows(results, "SELECT key, finished FROM cells WHERE kind = 'trial'"))
+    assert len(after) == 3 * 5 and all(after[key] == finished for key, finished in before.items())
+
+
 @pytest.mark.parametrize("space, says", [
     ("{lr: [0.01, 0.0001]}", "space.lr must be [low, high] with 0 < low < high"),
     ("{optimizer: [adamm]}", "did you mean 'adam'"),
