@@ -15,7 +15,6 @@ import json
 import math
 
 from harness import Param, hookimpl
-from harness.engine.seeding import derive_seed
 from harness.names import OPTIMIZERS, SCHEDULES
 
 from attacks.finetune import STRATEGIES
@@ -94,6 +93,8 @@ def describe(plugin: str, params: dict) -> str:
 def _sampler(params: dict, stage_seed: int):
     """Seeded without `trials`: a search given more trials asks the same first ones, which are then reused."""
     import optuna
+
+    from harness.engine.seeding import derive_seed  # imports torch: not at registration time
 
     rest = json.dumps({k: v for k, v in params.items() if k != "trials"}, sort_keys=True)
     seed = derive_seed(stage_seed, "search/sampler", rest) % 2**32  # numpy's generators take 32-bit seeds
