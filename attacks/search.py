@@ -42,6 +42,18 @@ SPACE = (
     _choices("rank", [4, 8, 16], kind="int", min=1, max=4096, help="LoRA ranks (LoRA trials only)"),
 )
 
+FIRST = Param("first", "list", [], item=Param("first", "dict", {}, keys=(
+    Param("plugin", "str", "finetune", choices=FAMILIES),
+    Param("strategy", "str", "direct+all", help="a finetune strategy, or direct / initFC for a LoRA trial"),
+    Param("optimizer", "str", "adam", choices=OPTIMIZERS),
+    Param("lr", "float", 1e-3, min=0.0),
+    Param("batch_size", "int", 32, min=1, max=1_000_000),
+    Param("schedule", "str", "constant", choices=SCHEDULES),
+    Param("epochs", "int", 1, min=1, max=10_000),
+    Param("rank", "int", 8, min=1, max=4096),
+)), help="trial configs tried before the sampler's own (e.g. the fixed suite entries, so the search is at least as "
+         "strong on validation as each); they count towards `trials`; a choice left out is sampled")
+
 TINY_PARAMS = {"trials": 2, "max_epochs": 1,
                "space": {"plugin": ["finetune"], "optimizer": ["adam"], "lr": [1e-3, 1e-2], "batch_size": [50]}}
 
@@ -64,7 +76,44 @@ def check_space(params: dict, task) -> str | None:
     over = [e for e in space["epochs"] if e > params["max_epochs"]]
     if over:
         return f"space.epochs {over} exceeds the per-trial cap max_epochs={params['max_epochs']}"
+    if len(params["first"]) > params["trials"]:
+        return f"first holds {len(params['first'])} configs but trials is {params['trials']}: raise trials"
+    for i, config in enumerate(params["first"]):
+        problem = _outside(config, space)
+        if problem:
+            return f"first[{i}].{problem}"
     return None
+
+
+def _outside(config: dict, space: dict) -> str | None:
+    """What in a `first` config lies outside the searched space, if anything."""
+    if "plugin" not in config:
+        return "plugin: missing; expected one of " + ", ".join(space["plugin"])
+    lora = config["plugin"] == "lora"
+    if "rank" in config and not lora:
+        return "rank: only LoRA trials have a rank"
+    for name, value in config.items():
+        if name == "lr":
+            low, high = space["lr"]
+            if not low <= value <= high:
+                return f"lr: {value} is outside space.lr [{low}, {high}]"
+            continue
+        allowed = _lora_heads(space) if name == "strategy" and lora else space[name]
+        if value not in allowed:
+            return f"{name}: {value!r} is outside the searched space; expected one of {allowed}"
+    return None
+
+
+def _lora_heads(space: dict) -> list[str]:
+    return sorted({strategy.partition("+")[0] for strategy in space["strategy"]})
+
+
+def _as_optuna_params(config: dict) -> dict:
+    """A `first` config under the names `suggest` asks Optuna for (a LoRA trial's head is `lora_strategy`)."""
+    named = dict(config)
+    if named["plugin"] == "lora" and "strategy" in named:
+        named["lora_strategy"] = named.pop("strategy")
+    return named
 
 
 def suggest(trial, space: dict) -> tuple[str, dict]:
@@ -76,8 +125,7 @@ def suggest(trial, space: dict) -> tuple[str, dict]:
               "schedule": trial.suggest_categorical("schedule", space["schedule"]),
               "epochs": trial.suggest_categorical("epochs", space["epochs"])}
     if plugin == "lora":
-        heads = sorted({strategy.partition("+")[0] for strategy in space["strategy"]})
-        params.update(strategy=trial.suggest_categorical("lora_strategy", heads),
+        params.update(strategy=trial.suggest_categorical("lora_strategy", _lora_heads(space)),
                       rank=trial.suggest_categorical("rank", space["rank"]))
     else:
         params["strategy"] = trial.suggest_categorical("strategy", space["strategy"])
@@ -115,6 +163,8 @@ def run(ctx, model):
     space = full_space(params)
     study = optuna.create_study(direction="maximize" if score.higher_is_better else "minimize",
                                 sampler=_sampler(params, ctx.stage_seed))
+    for config in params["first"]:
+        study.enqueue_trial(_as_optuna_params(config))
     done = []
     for _ in range(params["trials"]):
         asked = study.ask()
@@ -157,10 +207,11 @@ def _record(ctx, points) -> None:
 
 @hookimpl
 def register_attacks(register):
-    register("search", factory="attacks.search:run", version="2", check=check_space, tiny_params=TINY_PARAMS,
+    register("search", factory="attacks.search:run", version="3", check=check_space, tiny_params=TINY_PARAMS,
              params=[Param("space", "dict", {}, keys=SPACE,
                            help="the choices searched; a dimension left out takes its default (docs/search.md)"),
                      Param("trials", "int", 8, min=1, max=10_000, help="trials per start and seed"),
+                     FIRST,
                      Param("max_epochs", "int", 20, min=1, max=10_000,
                            help="per-trial cap: no trial trains more epochs"),
                      Param("sampler", "str", "tpe", choices=SAMPLERS, help="Optuna's TPE, or uniform random"),

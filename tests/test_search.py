@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from attacks.search import check_space
 from harness.cli import main
 from harness.config import load_experiment
 from harness.plan import resolve
@@ -44,6 +45,25 @@ def test_the_search_chooses_on_validation_not_on_test():
     assert notes["chosen_trial"] == f"lr={min(tried)}" and "trial" in notes["chosen"]
     curve = [(x, value) for x, unit, metric, value in ctx.recorder.points if metric == "restricted/accuracy"]
     assert curve == [(e, min(tried) * e / 2) for e in (0, 1, 2)]  # the chosen trial's test curve, recorded as is
+
+
+def test_first_configs_are_tried_before_the_samplers_own():
+    """The fixed entries given as `first` are the first trials, exactly as given, and win when best on validation."""
+    spec = registry().get("attack", "search")
+    first = [{"plugin": "finetune", "strategy": "initFC+FC", "optimizer": "sgd_momentum", "lr": 1e-3,
+              "batch_size": 64, "schedule": "constant", "epochs": 2},
+             {"plugin": "lora", "strategy": "direct", "lr": 2e-3, "rank": 8}]
+    params = spec.resolve({"trials": 4, "max_epochs": 2, "sampler": "random", "first": first,
+                           "space": {"lr": [1e-3, 0.9]}}, "search")
+    assert check_space(params, None) is None  # what validate checks
+    ctx = dataclasses.replace(tiny_context(params, plugin=spec), trials=disagreeing_trial)
+    spec.load()(ctx, seeded_model(ctx))
+    tried = ctx.recorder.notes["trials"]
+    assert len(tried) == 4
+    assert (tried[0]["plugin"], tried[0]["params"]) == ("finetune", {k: v for k, v in first[0].items() if k != "plugin"})
+    assert tried[1]["plugin"] == "lora" and {k: tried[1]["params"][k] for k in ("strategy", "lr", "rank")} == {
+        "strategy": "direct", "lr": 2e-3, "rank": 8}
+    assert ctx.recorder.notes["chosen_config"]["params"]["lr"] == 1e-3  # the smallest lr scores best on validation
 
 
 def searched(results):
@@ -95,6 +115,13 @@ def test_raising_trials_extends_a_finished_search(write_experiment, tmp_path):
     ("{epochs: [5]}", "space.epochs [5] exceeds the per-trial cap max_epochs=2"),
     ("{strategy: []}", "space.strategy is empty"),
     ("{rnak: [4]}", "did you mean 'rank'"),
+    ("{batch_size: [64]}, first: [{plugin: finetune, lr: 0.5}]", "first[0].lr: 0.5 is outside space.lr"),
+    ("{batch_size: [64]}, first: [{plugin: finetune, batch_size: 32}]", "first[0].batch_size: 32 is outside"),
+    ("{batch_size: [64]}, first: [{plugin: finetune, rank: 4}]", "first[0].rank: only LoRA trials have a rank"),
+    ("{batch_size: [64]}, first: [{plugin: finetune, optimiser: adam}]", "did you mean 'optimizer'"),
+    ("{batch_size: [64]}, first: [{lr: 0.001}]", "first[0].plugin: missing"),
+    ("{batch_size: [64]}, first: [{plugin: lora}, {plugin: lora}, {plugin: lora}, {plugin: lora}, {plugin: lora}]",
+     "first holds 5 configs but trials is 4"),
 ])
 def test_a_bad_search_space_is_a_config_error(write_experiment, capsys, space, says):
     path = write_experiment(EXPERIMENT.replace("{batch_size: [64]}", space))
