@@ -42,15 +42,9 @@ SPACE = (
     _choices("rank", [4, 8, 16], kind="int", min=1, max=4096, help="LoRA ranks (LoRA trials only)"),
 )
 
-FIRST = Param("first", "list", [], item=Param("first", "dict", {}, keys=(
-    Param("plugin", "str", "finetune", choices=FAMILIES),
-    Param("strategy", "str", "direct+all", help="a finetune strategy, or direct / initFC for a LoRA trial"),
-    Param("optimizer", "str", "adam", choices=OPTIMIZERS),
-    Param("lr", "float", 1e-3, min=0.0),
-    Param("batch_size", "int", 32, min=1, max=1_000_000),
-    Param("schedule", "str", "constant", choices=SCHEDULES),
-    Param("epochs", "int", 1, min=1, max=10_000),
-    Param("rank", "int", 8, min=1, max=4096),
+FIRST = Param("first", "list", [], item=Param("first", "dict", {}, keys=tuple(
+    Param("strategy", "str", "direct+all", help="a finetune strategy, or direct / initFC for a LoRA trial")
+    if dimension.name == "strategy" else dimension.item for dimension in SPACE
 )), help="trial configs tried before the sampler's own (e.g. the fixed suite entries, so the search is at least as "
          "strong on validation as each); they count towards `trials`; a choice left out is sampled")
 
