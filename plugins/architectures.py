@@ -61,6 +61,28 @@ def _build_cnn(params: dict, *, in_channels: int, image_size: int, num_classes: 
     return _describe(model, head="classifier.head", blocks=["stage1", "stage2", "classifier"], feature="stage2")
 
 
+def build_cnn_gap(params: dict, *, in_channels: int, image_size: int, num_classes: int):
+    """conv-BN-ReLU three times (max-pooled after the first two), global average pooling, then the head alone.
+
+    No hidden Linear sits between the features and the head, so the features a pretrained model hands to a new
+    task are its 64 pooled conv channels, not a 16-unit layer fitted to the original labels (docs/protocol.md).
+    """
+    from collections import OrderedDict
+
+    from torch import nn
+
+    widths = [_scaled(c, params["width"]) for c in (16, 32, 64)]
+    stages, previous = [], in_channels
+    for i, width in enumerate(widths, 1):
+        pool = [nn.MaxPool2d(2)] if i < len(widths) else []
+        stages.append((f"stage{i}", nn.Sequential(nn.Conv2d(previous, width, 3, padding=1), nn.BatchNorm2d(width),
+                                                  nn.ReLU(), *pool)))
+        previous = width
+    model = nn.Sequential(OrderedDict(stages + [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
+                                                ("head", nn.Linear(previous, num_classes))]))
+    return _describe(model, head="head", blocks=["stage1", "stage2", "stage3", "head"], feature="stage2")
+
+
 def build_vgg(params: dict, *, in_channels: int, image_size: int, num_classes: int):
     """VGG-13 (cfg B, no BN) with the NTL head flatten -> 256 -> 256 -> C, its input width set by the image size.
 
@@ -148,6 +170,9 @@ def register_architectures(register):
              description="Small CPU CNN: conv 16/32 with BatchNorm, ~30k parameters at 28x28")
     register("cnn-m", factory=f"{here}:build_cnn_m", params=[width], version="1",
              description="CPU CNN: conv 32/64 with BatchNorm and a hidden Linear, ~210k parameters at 28x28")
+    register("cnn-gap", factory=f"{here}:build_cnn_gap", params=[width], version="1",
+             description="Small CPU CNN: conv 16/32/64 with BatchNorm, global average pooling, no hidden Linear "
+                         "before the head (~24k parameters)")
     register("vgg", factory=f"{here}:build_vgg", params=[width], version="1", tiny_sizes={"size": 32},
              description="SOPHON/NTL VGG-13 (cfg B, no BN), MLP head sized from the input (64x64 in the papers)")
     for name in ("resnet18", "resnet34", "resnet50", "caformer_s18", "caformer_m36"):

@@ -14,6 +14,8 @@ CASES = [  # (name, overrides, in_channels, image_size)
     ("cnn-s", {}, 1, 28),
     ("cnn-s", {}, 3, 32),
     ("cnn-m", {}, 1, 28),
+    ("cnn-gap", {}, 1, 28),
+    ("cnn-gap", {}, 3, 32),
     ("vgg", {"width": 0.125}, 3, 32),
     ("resnet18", {}, 3, 32),
     ("resnet34", {}, 3, 32),
@@ -46,10 +48,17 @@ def test_builds_runs_and_exposes_its_parts(name, given, in_channels, image_size)
     assert len(set(model.block_paths)) == len(model.block_paths)
 
 
-@pytest.mark.parametrize("name, low, high", [("cnn-s", 20_000, 40_000), ("cnn-m", 100_000, 220_000)])
+@pytest.mark.parametrize("name, low, high", [("cnn-s", 20_000, 40_000), ("cnn-m", 100_000, 220_000),
+                                             ("cnn-gap", 20_000, 30_000)])
 def test_small_cnn_sizes(name, low, high):
     count = sum(p.numel() for p in build(name, 1, 28, num_classes=10).parameters())
     assert low <= count <= high
+
+
+def test_cnn_gap_head_reads_the_pooled_channels_directly():
+    model = build("cnn-gap", 1, 28, num_classes=10)
+    assert model.get_submodule(model.head_path).in_features == 64
+    assert [type(m) for m in list(model.children())[-3:]] == [nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear]
 
 
 def test_small_cnn_has_batchnorm_and_width_scales():
