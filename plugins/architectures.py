@@ -41,6 +41,20 @@ def _mlp(in_features: int, hidden: list[int], num_classes: int, dropout: float =
     return nn.Sequential(OrderedDict(layers + [("head", nn.Linear(in_features, num_classes))]))
 
 
+def _conv_stages(in_channels: int, widths: list[int], *, pooled: int):
+    """Named conv-BN-ReLU stages `stage1`, `stage2`, ..., the first `pooled` of them followed by a 2x2 max-pool;
+    returns them with the last stage's width."""
+    from torch import nn
+
+    stages, previous = [], in_channels
+    for i, width in enumerate(widths, 1):
+        pool = [nn.MaxPool2d(2)] if i <= pooled else []
+        stages.append((f"stage{i}", nn.Sequential(nn.Conv2d(previous, width, 3, padding=1), nn.BatchNorm2d(width),
+                                                  nn.ReLU(), *pool)))
+        previous = width
+    return stages, previous
+
+
 def _build_cnn(params: dict, *, in_channels: int, image_size: int, num_classes: int, channels: tuple[int, int],
                hidden: int):
     """conv-BN-ReLU-pool twice, pooled to 7x7 (a no-op at 28x28) so any input size works, then an MLP."""
@@ -48,12 +62,8 @@ def _build_cnn(params: dict, *, in_channels: int, image_size: int, num_classes: 
 
     from torch import nn
 
-    widths = [_scaled(c, params["width"]) for c in channels]
-    stages, previous = [], in_channels
-    for i, width in enumerate(widths, 1):
-        stages.append((f"stage{i}", nn.Sequential(nn.Conv2d(previous, width, 3, padding=1), nn.BatchNorm2d(width),
-                                                  nn.ReLU(), nn.MaxPool2d(2))))
-        previous = width
+    stages, previous = _conv_stages(in_channels, [_scaled(c, params["width"]) for c in channels],
+                                    pooled=len(channels))
     model = nn.Sequential(OrderedDict(stages + [
         ("pool", nn.AdaptiveAvgPool2d(7)),
         ("classifier", _mlp(previous * 49, [_scaled(hidden, params["width"])], num_classes)),
@@ -71,13 +81,7 @@ def build_cnn_gap(params: dict, *, in_channels: int, image_size: int, num_classe
 
     from torch import nn
 
-    widths = [_scaled(c, params["width"]) for c in (16, 32, 64)]
-    stages, previous = [], in_channels
-    for i, width in enumerate(widths, 1):
-        pool = [nn.MaxPool2d(2)] if i < len(widths) else []
-        stages.append((f"stage{i}", nn.Sequential(nn.Conv2d(previous, width, 3, padding=1), nn.BatchNorm2d(width),
-                                                  nn.ReLU(), *pool)))
-        previous = width
+    stages, previous = _conv_stages(in_channels, [_scaled(c, params["width"]) for c in (16, 32, 64)], pooled=2)
     model = nn.Sequential(OrderedDict(stages + [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
                                                 ("head", nn.Linear(previous, num_classes))]))
     return _describe(model, head="head", blocks=["stage1", "stage2", "stage3", "head"], feature="stage2")

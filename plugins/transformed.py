@@ -79,7 +79,8 @@ def _check_classes(classes: list[int], num_classes: int | None = None) -> None:
     """At least 2 distinct classes, each one the wrapped dataset has (once its class count is known)."""
     if num_classes == 0:
         raise DatasetError("transformed.classes: the wrapped dataset has no labels to choose from")
-    if len(set(classes)) != len(classes) or len(classes) < 2 or any(c >= (num_classes or c + 1) for c in classes):
+    out_of_range = num_classes is not None and any(c >= num_classes for c in classes)
+    if len(set(classes)) != len(classes) or len(classes) < 2 or out_of_range:
         within = "" if num_classes is None else f" in 0..{num_classes - 1}"
         raise DatasetError(f"transformed.classes: {classes!r}; expected at least 2 distinct class indices{within}")
 
